@@ -1,0 +1,21 @@
+"""kerakd: knowledge distillation for Keras 3 (TensorFlow backend).
+
+>>> import kerakd
+>>> student = kerakd.models.get("resnet8x4", num_classes=100)
+>>> distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
+"""
+
+__version__ = "0.1.0"
+
+try:
+    import tensorflow  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "kerakd needs TensorFlow. Install it with the extra for your machine: "
+        "`pip install kerakd[cpu]` or `pip install kerakd[gpu]`."
+    ) from error
+
+from kerakd import losses, methods, models, taps  # noqa: E402
+from kerakd.distiller import Distiller  # noqa: E402
+
+__all__ = ["Distiller", "losses", "methods", "models", "taps", "__version__"]

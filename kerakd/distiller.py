@@ -1,0 +1,410 @@
+"""`Distiller`: a `keras.Model` that trains a student with a distillation method."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from kerakd import distribute
+from kerakd import losses
+from kerakd import methods as methods_lib
+from kerakd.methods.base import Method, MethodOutput, StepData, TapSpec
+from kerakd.taps import resolve_taps, tap_model
+
+
+class _Tapped:
+    """A tapped network and its roles; a plain object, so Keras does not track
+    (and save) the tapped model twice: its layers are the network's own."""
+
+    def __init__(self, model, roles):
+        self.roles = roles  # {role: [layer name, ...]}
+        self.names = list(dict.fromkeys(n for names in roles.values() for n in names))
+        self.model = tap_model(model, self.names)
+
+    def __call__(self, images, training):
+        outputs = self.model(images, training=training)
+        *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        by_name = dict(zip(self.names, taps))
+        return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
+
+    def shapes(self, batch_size):
+        *taps, logits = self.model.outputs
+        by_name = {n: (batch_size, *t.shape[1:]) for n, t in zip(self.names, taps)}
+        roles = {r: [by_name[n] for n in names] for r, names in self.roles.items()}
+        return roles, (batch_size, *logits.shape[1:])
+
+
+def _roles(method_defaults, override, side):
+    """Merges a user's tap override into a method's `{role: spec}` defaults."""
+    roles = dict(method_defaults)
+    if override is None:
+        return roles
+    if not isinstance(override, dict):
+        if len(roles) != 1:
+            raise ValueError(
+                f"This method reads {side} taps in several roles {sorted(roles)}; "
+                f"pass {side}_taps as a dict {{role: [layer names]}}."
+            )
+        override = {next(iter(roles)): override}
+    unknown = set(override) - set(roles)
+    if unknown:
+        raise ValueError(
+            f"Unknown {side} tap role(s) {sorted(unknown)}; this method has "
+            f"{sorted(roles) or 'no ' + side + ' taps'}."
+        )
+    roles.update(override)
+    return roles
+
+
+def _check_logits_model(model, side):
+    if len(model.outputs) != 1:
+        raise ValueError(
+            f"The {side} must have exactly one output (the logits); "
+            f"'{model.name}' has {len(model.outputs)}."
+        )
+    activation = getattr(model.layers[-1], "activation", None)
+    if activation is keras.activations.softmax:
+        raise ValueError(
+            f"The {side} '{model.name}' ends in a softmax; distillation needs "
+            "logits. Rebuild its last layer with activation=None."
+        )
+
+
+@keras.saving.register_keras_serializable(package="kerakd")
+class Distiller(keras.Model):
+    """Trains `student` from a frozen `teacher` (or from itself) with `method`.
+
+    Each step runs the teacher once (inference mode, outside the gradient
+    tape) and the student once (training mode), each as ONE functional model
+    that also returns the taps the method reads; the method turns them into
+    loss terms. Every term is reported as its own metric, next to `loss` (the
+    weighted sum) and the student's `accuracy`. Validation reports the
+    student's `loss` (= its cross-entropy) and `accuracy`.
+
+    The teacher is set `trainable = False`. `distiller.student` is the plain
+    student, ready to export: method parts (projectors, heads, self-teachers)
+    live in `distiller.method`, not in the student.
+
+    Args:
+        student: functional Keras model `images -> logits`.
+        method: a `kerakd.methods.Method` or a registered method name.
+        teacher: functional Keras model `images -> logits`, or None for
+            self-distillation methods.
+        student_taps: overrides the method's default student taps: a list of
+            layer names or a tap kind (for a method with one tap role), or a
+            dict `{role: names}`.
+        teacher_taps: the same for the teacher.
+        weight_decay: L2 coefficient added to the gradient of every trainable
+            variable (student and method) before the optimizer step: PyTorch's
+            SGD `weight_decay`, which the papers' recipes use. Keras optimizers'
+            own `weight_decay` is decoupled (AdamW-style) and differs.
+
+    Example:
+
+    ```python
+    teacher = keras.models.load_model("teacher.keras")
+    student = kerakd.models.get("resnet8x4", num_classes=100)
+    distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    distiller.fit(train_ds, validation_data=val_ds, epochs=240)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        student,
+        method,
+        teacher=None,
+        student_taps=None,
+        teacher_taps=None,
+        weight_decay=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(method, str):
+            method = methods_lib.get(method)
+        if not isinstance(method, Method):
+            raise TypeError(
+                f"`method` must be a kerakd Method or a method name "
+                f"{methods_lib.available()}; got {type(method).__name__}."
+            )
+        if method.requires_teacher and teacher is None:
+            raise ValueError(
+                f"Method '{method.name}' distills from a teacher: pass teacher=."
+            )
+        if not method.requires_teacher and teacher is not None:
+            raise ValueError(
+                f"Method '{method.name}' trains without a teacher "
+                "(self-distillation or plain training); do not pass teacher=."
+            )
+        if weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        _check_logits_model(student, "student")
+        self.student = student
+        self.method = method
+        self.teacher = teacher
+        self.student_taps = student_taps
+        self.teacher_taps = teacher_taps
+        self.weight_decay = float(weight_decay)
+        self._student_net = _Tapped(
+            student,
+            {r: resolve_taps(student, s)
+             for r, s in _roles(method.student_taps, student_taps, "student").items()},
+        )
+        self._teacher_net = None
+        if teacher is not None:
+            _check_logits_model(teacher, "teacher")
+            teacher.trainable = False
+            self._teacher_net = _Tapped(
+                teacher,
+                {r: resolve_taps(teacher, s)
+                 for r, s in _roles(method.teacher_taps, teacher_taps, "teacher").items()},
+            )
+            self._check_pair(student, teacher)
+        self._image_shape = None
+
+    @staticmethod
+    def _check_pair(student, teacher):
+        s_in, t_in = student.inputs[0].shape[1:], teacher.inputs[0].shape[1:]
+        if None not in s_in and None not in t_in and tuple(s_in) != tuple(t_in):
+            raise ValueError(
+                f"Teacher input shape {tuple(t_in)} differs from the student's "
+                f"{tuple(s_in)}; both must read the same images."
+            )
+        s_k, t_k = student.outputs[0].shape[-1], teacher.outputs[0].shape[-1]
+        if s_k != t_k:
+            raise ValueError(
+                f"Teacher predicts {t_k} classes and the student {s_k}; they "
+                "must have the same classes."
+            )
+
+    # -- building ---------------------------------------------------------
+
+    def build(self, input_shape):
+        image_shape = tuple(self._images_of(input_shape))
+        batch = image_shape[0]
+        s_taps, s_logits = self._student_net.shapes(batch)
+        t_taps, t_logits = {}, None
+        if self._teacher_net is not None:
+            t_taps, t_logits = self._teacher_net.shapes(batch)
+        spec = TapSpec(
+            student=s_taps,
+            teacher=t_taps,
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            image_shape=image_shape,
+            student_tap_names=self._student_net.roles,
+            teacher_tap_names=self._teacher_net.roles if self._teacher_net else {},
+        )
+        if not self.method.built:
+            self.method.build(spec)
+        self._image_shape = image_shape
+        names = self._output_names(spec)
+        self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names["losses"]}
+        self.accuracy_trackers = {
+            n: keras.metrics.Mean(name=n)
+            for n in ["accuracy"] + [f"{p}_accuracy" for p in names["logits"]]
+        }
+        self.value_trackers = {n: keras.metrics.Mean(name=n) for n in names["metrics"]}
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.val_ce_tracker = keras.metrics.Mean(name="ce")
+
+    def _output_names(self, spec):
+        """Names of the method's terms, extra predictions and metrics, read
+        off one symbolic step (which also checks the method end to end)."""
+        names = {}
+
+        def step(images, labels):
+            out = self._method_output(images, labels, training=True)
+            names.update(losses=list(out.losses), metrics=list(out.metrics),
+                         logits=[n for n in out.logits if n != "_student"])
+            return self._total_loss(out.losses)
+
+        # Tracing builds no state (everything is built) and runs nothing.
+        tf.function(step, autograph=False).get_concrete_function(
+            tf.TensorSpec(spec.image_shape, self.compute_dtype),
+            tf.TensorSpec(spec.image_shape[:1], tf.int32),
+        )
+        missing = set(names["losses"]) - set(self.method.term_weights)
+        if missing:
+            raise ValueError(
+                f"Method '{self.method.name}' returns terms {sorted(missing)} "
+                "that have no weight in its `term_weights`."
+            )
+        return names
+
+    @staticmethod
+    def _images_of(x):
+        return x["images"] if isinstance(x, dict) else x
+
+    def get_build_config(self):
+        return {"input_shape": self._image_shape} if self._image_shape else None
+
+    def build_from_config(self, config):
+        if config and config.get("input_shape"):
+            self.build(tuple(config["input_shape"]))
+
+    # -- forward ----------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        """The student's logits (so `predict` and `evaluate` see the student)."""
+        return self.student(self._images_of(inputs), training=training)
+
+    def _forward_teacher(self, images):
+        taps, logits = self._teacher_net(images, training=False)
+        return keras.tree.map_structure(ops.stop_gradient, (taps, logits))
+
+    def _method_output(self, images, labels, training, index=None, teacher=None):
+        """Runs both networks (the teacher unless given) and the method."""
+        if teacher is None and self._teacher_net is not None:
+            teacher = self._forward_teacher(images)
+        t_taps, t_logits = teacher if teacher is not None else ({}, None)
+        s_taps, s_logits = self._student_net(images, training=training)
+        data = StepData(
+            images=images,
+            labels=labels,
+            student=s_taps,
+            student_logits=s_logits,
+            teacher=t_taps,
+            teacher_logits=t_logits,
+            training=training,
+            forward_student=lambda x: self._student_net(x, training=training),
+            forward_teacher=self._forward_teacher if self._teacher_net else None,
+            index=index,
+        )
+        out = self.method(data=data, training=training)
+        if not isinstance(out, MethodOutput):
+            raise TypeError(
+                f"Method '{self.method.name}'.call must return a MethodOutput, "
+                f"got {type(out).__name__}."
+            )
+        out.logits["_student"] = s_logits
+        return out
+
+    def _total_loss(self, terms):
+        return sum(
+            ops.cast(self.method.term_weights[name], "float32") * value
+            for name, value in terms.items()
+        )
+
+    def _l2_penalty(self, variables):
+        if not self.weight_decay:
+            return 0.0
+        return 0.5 * self.weight_decay * sum(
+            ops.sum(ops.square(ops.cast(v, "float32"))) for v in variables
+        )
+
+    # -- steps ------------------------------------------------------------
+
+    def _unpack(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(
+                "The Distiller trains on (images, labels) batches; the dataset "
+                "yields no labels."
+            )
+        index = x.get("index") if isinstance(x, dict) else None
+        return self._images_of(x), y, index
+
+    def _ensure_built(self, images):
+        if not self.built:
+            self.build(tuple(images.shape))
+
+    def train_step(self, data):
+        images, labels, index = self._unpack(data)
+        self._ensure_built(images)
+        teacher = self._forward_teacher(images) if self._teacher_net else None
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self._method_output(images, labels, True, index, teacher)
+            total = self._total_loss(out.losses)
+            objective = total + self._l2_penalty(variables)
+            objective = self.optimizer.scale_loss(
+                distribute.scale_for_replicas(objective)
+            )
+        gradients = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_train_metrics(out, total, labels)
+
+    def _update_train_metrics(self, out, total, labels):
+        batch = ops.shape(labels)[0]
+        self.loss_tracker.update_state(total, sample_weight=batch)
+        for name, value in out.losses.items():
+            self.term_trackers[name].update_state(value, sample_weight=batch)
+        student_logits = out.logits.pop("_student")
+        self.accuracy_trackers["accuracy"].update_state(
+            losses.accuracy(labels, student_logits), sample_weight=batch
+        )
+        for name, logits in out.logits.items():
+            self.accuracy_trackers[f"{name}_accuracy"].update_state(
+                losses.accuracy(labels, logits), sample_weight=batch
+            )
+        for name, value in out.metrics.items():
+            self.value_trackers[name].update_state(value, sample_weight=batch)
+        self._update_compile_metrics(labels, student_logits)
+        trackers = [self.loss_tracker, *self.term_trackers.values(),
+                    *self.accuracy_trackers.values(), *self.value_trackers.values()]
+        return self._results(trackers)
+
+    def test_step(self, data):
+        images, labels, _ = self._unpack(data)
+        self._ensure_built(images)
+        logits = self.student(images, training=False)
+        ce = losses.cross_entropy(labels, logits)
+        batch = ops.shape(labels)[0]
+        self.loss_tracker.update_state(ce, sample_weight=batch)
+        self.val_ce_tracker.update_state(ce, sample_weight=batch)
+        self.accuracy_trackers["accuracy"].update_state(
+            losses.accuracy(labels, logits), sample_weight=batch
+        )
+        self._update_compile_metrics(labels, logits)
+        return self._results(
+            [self.loss_tracker, self.val_ce_tracker, self.accuracy_trackers["accuracy"]]
+        )
+
+    def _update_compile_metrics(self, labels, logits):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(losses.hard_labels(labels), logits)
+
+    def _results(self, trackers):
+        results = {m.name: m.result() for m in trackers}
+        if self._compile_metrics is not None:
+            results.update(self._compile_metrics.result())
+        return results
+
+    @property
+    def metrics(self):
+        if not self.built:
+            return super().metrics
+        return [
+            self.loss_tracker,
+            self.val_ce_tracker,
+            *self.term_trackers.values(),
+            *self.accuracy_trackers.values(),
+            *self.value_trackers.values(),
+            *([self._compile_metrics] if self._compile_metrics is not None else []),
+        ]
+
+    # -- saving -----------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            student=serialize(self.student),
+            method=serialize(self.method),
+            teacher=serialize(self.teacher) if self.teacher is not None else None,
+            student_taps=self.student_taps,
+            teacher_taps=self.teacher_taps,
+            weight_decay=self.weight_decay,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        for key in ("student", "method", "teacher"):
+            if config.get(key) is not None:
+                config[key] = deserialize(config[key], custom_objects=custom_objects)
+        return cls(**config)

@@ -1,0 +1,24 @@
+"""What the `Distiller` needs from `tf.distribute` (TensorFlow only here).
+
+Conventions.md fixes the reduction: every term is computed per replica on the
+replica's share of the batch (a mean for per-example terms, the batch-coupled
+value for Grams and relations) and divided by the number of replicas before
+the gradients are summed across replicas. With equal shares
+(`drop_remainder=True`) the per-example terms then equal their mean over the
+global batch, exactly as `tf.nn.compute_average_loss` would give.
+"""
+
+import tensorflow as tf
+
+
+def num_replicas():
+    """Replicas in sync in the current strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(loss):
+    """`loss / num_replicas()`: the per-replica share of a summed gradient."""
+    replicas = num_replicas()
+    if replicas == 1:
+        return loss
+    return loss * tf.cast(1.0 / replicas, loss.dtype)

@@ -1,0 +1,96 @@
+"""Loss terms shared by the methods (conventions.md), written with `keras.ops`.
+
+Every function returns the per-replica value of its term: a mean over the
+examples this replica sees. The `Distiller` turns per-replica values into a
+global-batch objective (see `kerakd.distribute`), so methods never divide by
+the number of replicas themselves.
+
+All terms compute in float32, whatever the mixed-precision policy.
+"""
+
+from keras import ops
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def cross_entropy(labels, logits):
+    """Mean cross-entropy of `logits` against integer or soft labels.
+
+    Args:
+        labels: int class ids of shape `(B,)` (or `(B, 1)`), or a float
+            distribution of shape `(B, K)` (MixUp/CutMix targets).
+        logits: `(B, K)`.
+
+    Returns:
+        A float32 scalar.
+    """
+    log_probs = ops.log_softmax(_f32(logits), axis=-1)
+    return ops.mean(-ops.sum(soft_labels(labels, ops.shape(logits)[-1]) * log_probs, axis=-1))
+
+
+def soft_labels(labels, num_classes):
+    """`labels` as a `(B, K)` float32 distribution (one-hot for int labels)."""
+    if "int" in str(labels.dtype):
+        return ops.one_hot(ops.reshape(labels, (-1,)), num_classes, dtype="float32")
+    return _f32(labels)
+
+
+def hard_labels(labels):
+    """Integer class ids of `labels` (the argmax of soft labels)."""
+    if "int" in str(labels.dtype):
+        return ops.cast(ops.reshape(labels, (-1,)), "int32")
+    return ops.cast(ops.argmax(labels, axis=-1), "int32")
+
+
+def accuracy(labels, logits):
+    """Fraction of rows whose arg-max logit is the (arg-max) label."""
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    return ops.mean(_f32(ops.equal(predicted, hard_labels(labels))))
+
+
+def kd_loss(student_logits, teacher_logits, temperature=4.0):
+    """Hinton's KD term, `T^2 * mean_b KL(p_t || p_s)` at temperature `T`.
+
+    Computed from `log_softmax` on both sides, so `0 * log 0 = 0` exactly and
+    no probability is clipped (unlike `keras.losses.KLDivergence`). The
+    teacher side is a stop-gradient target.
+
+    Args:
+        student_logits: `(B, K)`.
+        teacher_logits: `(B, K)`.
+        temperature: softening temperature `T > 0`.
+
+    Example:
+
+    >>> kd_loss(ops.zeros((2, 3)), ops.zeros((2, 3)))   # equal -> 0.0
+    """
+    t = float(temperature)
+    log_p_t = ops.log_softmax(ops.stop_gradient(_f32(teacher_logits)) / t, axis=-1)
+    log_p_s = ops.log_softmax(_f32(student_logits) / t, axis=-1)
+    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return t * t * ops.mean(kl)
+
+
+def attention_map(features):
+    """Spatial attention `l2_normalize(mean_c f^2)` flattened to `(B, H*W)`.
+
+    Uses `x / max(||x||, 1e-12)`, the normalisation of PyTorch's
+    `F.normalize` that the AT, FRSKD and AFD reference code call.
+    """
+    f = _f32(features)
+    energy = ops.mean(f * f, axis=-1)
+    energy = ops.reshape(energy, (ops.shape(energy)[0], -1))
+    norm = ops.sqrt(ops.sum(energy * energy, axis=-1, keepdims=True))
+    return energy / ops.maximum(norm, 1e-12)
+
+
+def at_loss(student_features, teacher_features):
+    """Attention transfer: `mean_{b,hw} (at(f_s) - at(f_t))^2`.
+
+    The teacher map is a stop-gradient target. Spatial sizes must match.
+    """
+    s = attention_map(student_features)
+    t = ops.stop_gradient(attention_map(teacher_features))
+    return ops.mean(ops.square(s - t))

@@ -1,0 +1,158 @@
+"""The contract between a distillation method and the `Distiller`."""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import keras
+
+
+@dataclasses.dataclass
+class TapSpec:
+    """Static shapes a method is built from (`Method.build`).
+
+    Attributes:
+        student: `{role: [shape, ...]}` of the student's taps, batch dim first.
+        teacher: the same for the teacher (`{}` without a teacher).
+        student_logits: shape of the student's logits `(B, K)`.
+        teacher_logits: shape of the teacher's logits, or None.
+        image_shape: shape of one input batch `(B, H, W, C)`.
+        student_tap_names / teacher_tap_names: `{role: [layer name, ...]}`,
+            for labelling (link matrices, TensorBoard images).
+
+    `B` is the per-replica batch (None if unknown when the Distiller is built).
+    """
+
+    student: dict
+    teacher: dict
+    student_logits: tuple
+    teacher_logits: Optional[tuple]
+    image_shape: tuple
+    student_tap_names: dict = dataclasses.field(default_factory=dict)
+    teacher_tap_names: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        return self.student_logits[-1]
+
+    @property
+    def batch_size(self):
+        return self.image_shape[0]
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        def shapes(by_role):
+            return {r: [tuple(s) for s in v] for r, v in by_role.items()}
+
+        config = dict(config)
+        config["student"] = shapes(config["student"])
+        config["teacher"] = shapes(config["teacher"])
+        for key in ("student_logits", "teacher_logits", "image_shape"):
+            if config[key] is not None:
+                config[key] = tuple(config[key])
+        return cls(**config)
+
+
+@dataclasses.dataclass
+class StepData:
+    """Everything a method sees in one step, on one replica.
+
+    Attributes:
+        images: the input batch `(B, H, W, C)`.
+        labels: int class ids `(B,)` or soft labels `(B, K)` (MixUp/CutMix).
+        student: `{role: [tap tensor, ...]}` (same roles as `Method.student_taps`).
+        student_logits: `(B, K)`.
+        teacher: `{role: [tap tensor, ...]}`, `{}` without a teacher.
+        teacher_logits: `(B, K)` or None.
+        training: True in `train_step`.
+        forward_student: `images -> (taps dict, logits)`, one more student
+            forward (same training mode) for methods that need a second view.
+        forward_teacher: the same for the teacher (inference mode), or None.
+        index: dataset indices of the examples `(B,)` when the pipeline
+            provides them (contrastive memory banks), else None.
+    """
+
+    images: Any
+    labels: Any
+    student: dict
+    student_logits: Any
+    teacher: dict = dataclasses.field(default_factory=dict)
+    teacher_logits: Any = None
+    training: bool = False
+    forward_student: Optional[Callable] = None
+    forward_teacher: Optional[Callable] = None
+    index: Any = None
+
+
+@dataclasses.dataclass
+class MethodOutput:
+    """What `Method.call` returns.
+
+    Attributes:
+        losses: `{term name: unweighted per-replica scalar}`; the objective is
+            `sum(method.term_weights[name] * value)`.
+        logits: extra predictions `{name: (B, K) logits}` whose accuracy the
+            Distiller reports as `<name>_accuracy` (heads, self-teachers).
+        metrics: other scalars to report as-is (e.g. `sm_score`).
+    """
+
+    losses: dict
+    logits: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+class Method(keras.layers.Layer):
+    """Base class of distillation methods.
+
+    A method is a Keras layer that holds the method's trainable parts, built
+    from the tap shapes by `build(spec)`, and whose `call(data)` returns a
+    `MethodOutput` with its loss terms. Subclasses set:
+
+    - `requires_teacher` (class attribute): False for self-distillation.
+    - `student_taps`, `teacher_taps` (class attributes): `{role: tap spec}`,
+      the default taps of each role (a tap kind such as `"stages"` or a list
+      of layer names); users override them through
+      `Distiller(student_taps=..., teacher_taps=...)`.
+    - `term_weights`: `{term name: weight}` for every loss term `call` returns.
+
+    Hyperparameters are constructor arguments and appear in `get_config()`.
+    """
+
+    requires_teacher = True
+    student_taps = {}
+    teacher_taps = {}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.term_weights = {}
+        self.spec = None
+
+    def build(self, spec):
+        """Creates the method's trainable parts from a `TapSpec`."""
+        self.spec = spec
+
+    def get_build_config(self):
+        return {"spec": self.spec.get_config()} if self.spec else None
+
+    def build_from_config(self, config):
+        if config and config.get("spec"):
+            self.build(TapSpec.from_config(config["spec"]))
+
+    def call(self, data, training=False):
+        raise NotImplementedError
+
+
+def check_non_negative(**values):
+    """Raises a ValueError naming each hyperparameter that is negative."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value}.")
+
+
+def check_positive(**values):
+    """Raises a ValueError naming each hyperparameter that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"`{name}` must be > 0, got {value}.")

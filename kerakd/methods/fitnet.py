@@ -1,0 +1,87 @@
+"""`fitnet`: Romero et al., "FitNets: Hints for Thin Deep Nets" (ICLR 2015)."""
+
+import keras
+from keras import ops
+
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative
+
+
+@methods.register("fitnet")
+class FitNet(Method):
+    """`ce_weight * CE + hint_weight * MSE(r(f_s), f_t)` on one mid-level pair.
+
+    The regressor `r` is conv1x1 -> BatchNorm mapping the student's channels
+    to the teacher's (baselines.md). The conv has no bias: the BatchNorm that
+    follows it has one. The spatial sizes of the pair must match; choose the
+    taps so that they do.
+
+    Args:
+        ce_weight: gamma (default 1).
+        hint_weight: beta (default 100).
+        hint_stage: index into the `"stages"` taps of both networks (default 1:
+            the second stage, RepDistiller's `hint_layer=2`).
+
+    Example:
+
+    >>> kerakd.Distiller(student, kerakd.methods.get("fitnet"), teacher)
+    """
+
+    student_taps = {"features": "stages"}
+    teacher_taps = {"features": "stages"}
+
+    def __init__(self, ce_weight=1.0, hint_weight=100.0, hint_stage=1, **kwargs):
+        super().__init__(**kwargs)
+        check_non_negative(ce_weight=ce_weight, hint_weight=hint_weight)
+        self.ce_weight = ce_weight
+        self.hint_weight = hint_weight
+        self.hint_stage = hint_stage
+        self.term_weights = {"ce": ce_weight, "hint": hint_weight}
+
+    def _pair(self, student, teacher):
+        for side, taps in (("student", student), ("teacher", teacher)):
+            if not -len(taps) <= self.hint_stage < len(taps):
+                raise ValueError(
+                    f"`hint_stage={self.hint_stage}` is out of range: the "
+                    f"{side} has {len(taps)} taps."
+                )
+        return student[self.hint_stage], teacher[self.hint_stage]
+
+    def build(self, spec):
+        super().build(spec)
+        s_shape, t_shape = self._pair(spec.student["features"], spec.teacher["features"])
+        if tuple(s_shape[1:3]) != tuple(t_shape[1:3]):
+            raise ValueError(
+                f"FitNet needs a student and teacher tap of the same spatial "
+                f"size; got {s_shape[1:3]} and {t_shape[1:3]}. Choose other taps."
+            )
+        self.regressor = keras.Sequential(
+            [
+                keras.layers.Conv2D(t_shape[-1], 1, use_bias=False, name="conv"),
+                keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn"),
+            ],
+            name="regressor",
+        )
+        self.regressor.build(s_shape)
+
+    def call(self, data, training=False):
+        f_s, f_t = self._pair(data.student["features"], data.teacher["features"])
+        hint = self.regressor(f_s, training=training)
+        hint = ops.cast(hint, "float32")
+        f_t = ops.stop_gradient(ops.cast(f_t, "float32"))
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "hint": ops.mean(ops.square(hint - f_t)),
+            }
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ce_weight=self.ce_weight,
+            hint_weight=self.hint_weight,
+            hint_stage=self.hint_stage,
+        )
+        return config

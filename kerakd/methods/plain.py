@@ -1,0 +1,26 @@
+"""`none`: plain cross-entropy training (also how teachers are trained)."""
+
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput
+
+
+@methods.register("none")
+class Plain(Method):
+    """Cross-entropy on the labels, no teacher.
+
+    Example:
+
+    >>> distiller = kerakd.Distiller(model, "none")
+    """
+
+    requires_teacher = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.term_weights = {"ce": 1.0}
+
+    def call(self, data, training=False):
+        return MethodOutput(
+            losses={"ce": losses.cross_entropy(data.labels, data.student_logits)}
+        )

@@ -1,0 +1,31 @@
+"""The model zoo: functional Keras models from core layers, by name.
+
+Every model is a plain functional `keras.Model` (no kerakd layer), so a saved
+student loads in a process that never imported kerakd. Tap layers follow the
+naming convention of `kerakd.taps`.
+
+>>> kerakd.models.available()
+>>> model = kerakd.models.get("resnet8x4", num_classes=100, input_shape=(32, 32, 3))
+"""
+
+from kerakd.registry import Registry
+
+registry = Registry("model")
+available = registry.available
+
+
+def get(name, num_classes=100, input_shape=(32, 32, 3)):
+    """Builds zoo model `name` for `num_classes` classes and `input_shape` images."""
+    return registry.factory(name)(num_classes=num_classes, input_shape=tuple(input_shape))
+
+
+def register_all(factories):
+    """Registers `{name: factory(num_classes, input_shape)}` (a zoo module's FACTORIES)."""
+    for name, factory in factories.items():
+        registry.register(name)(factory)
+
+
+from kerakd.registry import import_submodules  # noqa: E402
+
+# Each zoo module registers its models when imported.
+import_submodules(__name__, __path__)

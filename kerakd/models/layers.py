@@ -1,0 +1,69 @@
+"""Building blocks of the zoo, with PyTorch-parity numerics (conventions.md).
+
+- BatchNorm with epsilon 1e-5, momentum 0.9 (PyTorch's 1e-5 / 0.1).
+- Convolutions without bias, He-normal over fan-out (PyTorch's
+  `kaiming_normal_(mode="fan_out")` used by the reference zoos).
+- Strided 3x3 convolutions pad one pixel on every side, like PyTorch's
+  `padding=1`, rather than Keras's bottom/right-only "same" padding.
+
+Names: zoo models tag their tap layers `stage{i}`, `block{k}`, `pool`, and
+name the classifier `logits` (see `kerakd.taps`).
+"""
+
+import keras
+
+CONV_INIT = keras.initializers.VarianceScaling(
+    scale=2.0, mode="fan_out", distribution="untruncated_normal"
+)
+
+
+def batch_norm(name=None):
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
+    """A bias-free convolution with PyTorch's symmetric `padding=k//2`."""
+    pad = kernel_size // 2
+    if strides > 1 and pad:
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad" if name else None)(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        groups=groups,
+        kernel_initializer=CONV_INIT,
+        name=name,
+    )(x)
+
+
+def depthwise_conv(x, kernel_size=3, strides=1, name=None):
+    """A bias-free depthwise convolution with PyTorch's symmetric padding."""
+    pad = kernel_size // 2
+    if strides > 1 and pad:
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad" if name else None)(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return keras.layers.DepthwiseConv2D(
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        depthwise_initializer=CONV_INIT,
+        name=name,
+    )(x)
+
+
+def relu(x, name=None):
+    return keras.layers.ReLU(name=name)(x)
+
+
+def classifier(x, num_classes):
+    """Global average pool (`pool`, the penultimate tap) -> Dense `logits`."""
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.layers.Dense(num_classes, name="logits")(x)

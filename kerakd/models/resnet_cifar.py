@@ -1,0 +1,78 @@
+"""CIFAR ResNets of the CRD benchmark (RepDistiller's `resnet.py`).
+
+`resnet{8,14,20,32,44,56,110}` (widths 16/16/32/64) and `resnet8x4`,
+`resnet32x4` (widths 32/64/128/256): a 3x3 stem, three stages of basic blocks
+(the last two halve the resolution), global pooling and a linear classifier.
+Any input size works (pooling is global, not the reference's fixed 8x8).
+
+Taps (all post-ReLU, the reference's `preact=False` features):
+`stage1..3` (stage outputs), `block1..N` (each block's output; every second
+block for resnet110, the AFD convention), `pool`.
+"""
+
+import keras
+
+from kerakd import models
+from kerakd.models import layers as L
+
+# name: (depth, stem width, stage widths)
+CONFIGS = {
+    "resnet8": (8, 16, (16, 32, 64)),
+    "resnet14": (14, 16, (16, 32, 64)),
+    "resnet20": (20, 16, (16, 32, 64)),
+    "resnet32": (32, 16, (16, 32, 64)),
+    "resnet44": (44, 16, (16, 32, 64)),
+    "resnet56": (56, 16, (16, 32, 64)),
+    "resnet110": (110, 16, (16, 32, 64)),
+    "resnet8x4": (8, 32, (64, 128, 256)),
+    "resnet32x4": (32, 32, (64, 128, 256)),
+}
+
+
+def basic_block(x, filters, strides, name, output_name=None):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut -> ReLU (named `output_name`)."""
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = L.conv(x, filters, 1, strides, name=f"{name}_down_conv")
+        shortcut = L.batch_norm(f"{name}_down_bn")(shortcut)
+    y = L.conv(x, filters, 3, strides, name=f"{name}_conv1")
+    y = L.relu(L.batch_norm(f"{name}_bn1")(y), name=f"{name}_relu1")
+    y = L.conv(y, filters, 3, name=f"{name}_conv2")
+    y = L.batch_norm(f"{name}_bn2")(y)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return L.relu(y, name=output_name or f"{name}_out")
+
+
+def cifar_resnet(depth, stem_width, widths, num_classes, input_shape, name, block_tap_every=1):
+    if (depth - 2) % 6:
+        raise ValueError(f"A CIFAR ResNet's depth must be 6n+2, got {depth}.")
+    blocks_per_stage = (depth - 2) // 6
+    inputs = keras.Input(input_shape, name="images")
+    x = L.conv(inputs, stem_width, 3, name="stem_conv")
+    x = L.relu(L.batch_norm("stem_bn")(x), name="stem_relu")
+    block = 0
+    for stage, filters in enumerate(widths, start=1):
+        for i in range(blocks_per_stage):
+            block += 1
+            strides = 2 if stage > 1 and i == 0 else 1
+            tap = f"block{block // block_tap_every}" if block % block_tap_every == 0 else None
+            x = basic_block(x, filters, strides, f"s{stage}b{i + 1}", output_name=tap)
+        x = keras.layers.Identity(name=f"stage{stage}")(x)
+    return keras.Model(inputs, L.classifier(x, num_classes), name=name)
+
+
+def _factory(name):
+    depth, stem, widths = CONFIGS[name]
+
+    def build(num_classes=100, input_shape=(32, 32, 3)):
+        return cifar_resnet(
+            depth, stem, widths, num_classes, input_shape, name,
+            block_tap_every=2 if depth >= 110 else 1,
+        )
+
+    build.__name__ = name
+    build.__doc__ = f"CIFAR {name} (depth {depth}, widths {stem}/{widths})."
+    return build
+
+
+models.register_all({name: _factory(name) for name in CONFIGS})

@@ -1,0 +1,52 @@
+"""Name -> factory registries shared by the CLI, configs and notebooks."""
+
+import difflib
+import importlib
+import pkgutil
+
+
+def import_submodules(package_name, package_path):
+    """Imports every module of a package (so that each registers itself)."""
+    for module in pkgutil.iter_modules(package_path):
+        importlib.import_module(f"{package_name}.{module.name}")
+
+
+class Registry:
+    """A mapping from names to factories, with helpful errors.
+
+    Example:
+
+    >>> methods = Registry("method")
+    >>> @methods.register("kd")
+    ... class KD(Method): ...
+    >>> methods.get("kd", temperature=4)
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._factories = {}
+
+    def register(self, name):
+        def decorator(factory):
+            if name in self._factories:
+                raise ValueError(f"{self.kind} '{name}' is registered twice.")
+            self._factories[name] = factory
+            return factory
+
+        return decorator
+
+    def available(self):
+        return sorted(self._factories)
+
+    def factory(self, name):
+        if name not in self._factories:
+            close = difflib.get_close_matches(name, self._factories, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ValueError(
+                f"Unknown {self.kind} '{name}'.{hint} "
+                f"Available: {self.available()}."
+            )
+        return self._factories[name]
+
+    def get(self, name, **kwargs):
+        return self.factory(name)(**kwargs)
