@@ -111,6 +111,8 @@ class Method(keras.layers.Layer):
     `MethodOutput` with its loss terms. Subclasses set:
 
     - `requires_teacher` (class attribute): False for self-distillation.
+    - `needs_index` (class attribute): True if `call` reads `data.index`
+      (the data pipeline then yields `({"images", "index"}, labels)`).
     - `student_taps`, `teacher_taps` (class attributes): `{role: tap spec}`,
       the default taps of each role (a tap kind such as `"stages"` or a list
       of layer names); users override them through
@@ -121,6 +123,7 @@ class Method(keras.layers.Layer):
     """
 
     requires_teacher = True
+    needs_index = False
     student_taps = {}
     teacher_taps = {}
 
@@ -142,6 +145,19 @@ class Method(keras.layers.Layer):
 
     def call(self, data, training=False):
         raise NotImplementedError
+
+    def callbacks(self, log_dir, sample_images):
+        """Keras callbacks the training CLI adds for this method.
+
+        Args:
+            log_dir: the run's TensorBoard directory (`<model_dir>/logs`).
+            sample_images: a fixed NumPy batch of validation images (the
+                per-replica batch size), for callbacks that draw predictions.
+
+        Returns:
+            A list of `keras.callbacks.Callback` (default: none).
+        """
+        return []
 
 
 def check_non_negative(**values):
