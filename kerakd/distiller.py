@@ -215,10 +215,13 @@ class Distiller(keras.Model):
         names = {}
 
         def step(images, labels):
-            out = self._method_output(images, labels, training=True)
-            names.update(losses=list(out.losses), metrics=list(out.metrics),
-                         logits=[n for n in out.logits if n != "_student"])
-            return self._total_loss(out.losses)
+            # Its own stateless scope keeps the trace's state updates (BatchNorm
+            # statistics, seeds) out of any scope Keras is building under.
+            with keras.StatelessScope():
+                out = self._method_output(images, labels, training=True)
+                names.update(losses=list(out.losses), metrics=list(out.metrics),
+                              logits=[n for n in out.logits if n != "_student"])
+                return self._total_loss(out.losses)
 
         # Tracing builds no state (everything is built) and runs nothing.
         tf.function(step, autograph=False).get_concrete_function(
@@ -232,6 +235,23 @@ class Distiller(keras.Model):
                 "that have no weight in its `term_weights`."
             )
         return names
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras all-reduces a whole distributed batch to read its shapes,
+        # which fails under MultiWorkerMirroredStrategy; the first local
+        # replica's share has the shapes a Distiller is built from (the
+        # per-replica batch).
+        if iterator is not None and self._distribute_strategy is not None:
+            strategy = self._distribute_strategy
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @staticmethod
     def _images_of(x):
@@ -370,7 +390,7 @@ class Distiller(keras.Model):
         results = {m.name: m.result() for m in trackers}
         if self._compile_metrics is not None:
             results.update(self._compile_metrics.result())
-        return results
+        return distribute.step_results(results)
 
     @property
     def metrics(self):

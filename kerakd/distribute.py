@@ -22,3 +22,23 @@ def scale_for_replicas(loss):
     if replicas == 1:
         return loss
     return loss * tf.cast(1.0 / replicas, loss.dtype)
+
+
+def is_multi_worker():
+    """True under a MultiWorkerMirroredStrategy spanning several workers."""
+    strategy = tf.distribute.get_strategy()
+    return isinstance(
+        strategy, tf.distribute.experimental.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
+def step_results(results):
+    """Per-step metric results in the form Keras can reduce across replicas.
+
+    Under several workers Keras 3 reduces each step output with
+    `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars; a
+    1-element vector reduces to the same scalar.
+    """
+    if not is_multi_worker():
+        return results
+    return {name: tf.reshape(value, (1,)) for name, value in results.items()}

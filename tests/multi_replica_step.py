@@ -1,0 +1,134 @@
+"""One training step on 2 logical CPU devices vs. two single-device half steps.
+
+Run as a script (the CPU must be split before TensorFlow initialises):
+`python tests/multi_replica_step.py OUT.json [METHOD ...]`. For each method it
+writes the largest differences between
+
+- the MirroredStrategy step on a global batch of 2B, and
+- one device running the same step on each half of B separately, averaging
+  the losses and the gradients, then applying them (plain SGD, weight decay on).
+
+conventions.md: per-example terms average over the global batch, batch-coupled
+terms are per replica divided by the replica count, BatchNorm statistics are
+per replica (DDP without SyncBN).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2,
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kerakd  # noqa: E402
+
+NUM_CLASSES, SHAPE, HALF = 5, (16, 16, 3), 8
+LEARNING_RATE, WEIGHT_DECAY = 0.1, 5e-4
+
+# Hyperparameters that remove per-replica randomness (masks, random views),
+# which a single device cannot reproduce draw for draw.
+DETERMINISTIC = {
+    "lfma": {"fmc_probability": 0.0},
+    "aid": {"relation_weight": 0.0},
+}
+
+
+def build(name, hparams):
+    keras.utils.set_random_seed(1)
+    method = kerakd.methods.get(name, **hparams)
+    student = kerakd.models.get("resnet8", NUM_CLASSES, SHAPE)
+    teacher = kerakd.models.get("wrn_16_1", NUM_CLASSES, SHAPE) if method.requires_teacher else None
+    distiller = kerakd.Distiller(student, method, teacher, weight_decay=WEIGHT_DECAY)
+    distiller.build((HALF, *SHAPE))
+    return distiller
+
+
+def batch(method, images, labels, index):
+    x = {"images": images, "index": index} if method.needs_index else images
+    return x, labels
+
+
+# One strategy per process: a second MirroredStrategy reuses the first one's
+# collective instance keys, and TensorFlow then mixes up their all-reduces.
+STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def mirrored_step(name, hparams, images, labels, index, initial):
+    with STRATEGY.scope():
+        distiller = build(name, hparams)
+        distiller.set_weights(initial)
+        distiller.compile(keras.optimizers.SGD(LEARNING_RATE))
+    ds = tf.data.Dataset.from_tensors(batch(distiller.method, images, labels, index))
+    logs = distiller.fit(ds, epochs=1, verbose=0).history
+    return distiller, {k: v[0] for k, v in logs.items()}
+
+
+def half_steps(name, hparams, images, labels, index, initial):
+    distiller = build(name, hparams)
+    distiller.set_weights(initial)
+    variables = distiller.trainable_variables
+    start = [v.numpy() for v in variables]
+    gradients, terms = [], []
+    for part in (slice(0, HALF), slice(HALF, 2 * HALF)):
+        with tf.GradientTape() as tape:
+            out = distiller._method_output(
+                images[part], labels[part], training=True,
+                index=index[part] if distiller.method.needs_index else None,
+            )
+            total = distiller._total_loss(out.losses)
+            objective = total + distiller._l2_penalty(variables)
+        gradients.append([g.numpy() if g is not None else 0.0
+                          for g in tape.gradient(objective, variables)])
+        terms.append({"loss": float(total), **{k: float(v) for k, v in out.losses.items()}})
+    updated = [w - LEARNING_RATE * (g1 + g2) / 2
+               for w, g1, g2 in zip(start, *gradients)]
+    averaged = {k: (terms[0][k] + terms[1][k]) / 2 for k in terms[0]}
+    return distiller, updated, averaged
+
+
+def compare(name):
+    hparams = DETERMINISTIC.get(name, {})
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    index = np.arange(2 * HALF, dtype="int64")
+    initial = build(name, hparams).get_weights()
+
+    mirrored, logs = mirrored_step(name, hparams, images, labels, index, initial)
+    reference, updated, averaged = half_steps(name, hparams, images, labels, index, initial)
+    # Both distillers are built identically, so their variables align in order.
+    weight_diff = max(
+        float(np.max(np.abs(v.numpy() - w)))
+        for v, w in zip(mirrored.trainable_variables, updated)
+    )
+    moved = max(float(np.max(np.abs(w - v.numpy())))
+                for v, w in zip(reference.trainable_variables, updated))
+    loss_diff = {k: abs(logs[k] - v) / max(1.0, abs(v)) for k, v in averaged.items()}
+    return {"weight_diff": weight_diff, "moved": moved, "loss_diff": loss_diff,
+            "terms": sorted(averaged)}
+
+
+def main():
+    out_path, names = sys.argv[1], sys.argv[2:] or kerakd.methods.available()
+    results = {}
+    for name in names:
+        try:
+            results[name] = compare(name)
+        except Exception as error:  # reported per method, the test fails on it
+            results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        keras.backend.clear_session()
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

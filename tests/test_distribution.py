@@ -1,0 +1,103 @@
+"""Distribution is correct, not only running (conventions.md, issue 8).
+
+For every registered method (and a composition), one MirroredStrategy step on
+2 logical CPU devices with global batch 2B gives the same losses and the same
+updated weights as one device that runs the step on each half separately and
+averages losses and gradients. A Keras distiller that forgets to scale its
+loss by the replica count fails here with exactly 2x the update.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kerakd
+from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
+
+HERE = os.path.dirname(__file__)
+METHODS = kerakd.methods.available()
+
+
+@pytest.fixture(scope="module")
+def multi_replica_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mirrored") / "results.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "multi_replica_step.py"), str(out), *METHODS],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mirrored_step_equals_average_of_half_steps(multi_replica_results, method):
+    result = multi_replica_results[method]
+    assert "error" not in result, result.get("error")
+    assert result["moved"] > 1e-3, "the step must change the weights for the check to mean anything"
+    assert result["weight_diff"] < 1e-5, result
+    assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
+
+
+def free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_complete_a_fit_in_lockstep():
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "multi_worker_fit.py")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+    outputs = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    chief, other = outputs
+    assert chief["steps"] == other["steps"] == 8  # 4 global batches x 2 epochs
+    assert all(np.isfinite(chief["loss"]))
+    # Synchronous training: both workers hold the same weights.
+    np.testing.assert_allclose(chief["checksum"], other["checksum"], rtol=1e-6)
+
+
+@pytest.fixture
+def bfloat16_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("method", ["kd", "fitnet"])
+def test_mixed_precision_trains_with_float32_losses(bfloat16_policy, method):
+    student = kerakd.models.get("resnet8", NUM_CLASSES, IMAGE_SHAPE)
+    teacher = kerakd.models.get("wrn_16_1", NUM_CLASSES, IMAGE_SHAPE)
+    assert student.layers[1].compute_dtype == "bfloat16"
+    distiller = kerakd.Distiller(student, method, teacher)
+    distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    logs = distiller.fit(make_dataset(), epochs=1, verbose=0).history
+    assert all(np.isfinite(v[0]) for v in logs.values())
+    distiller.build((8, *IMAGE_SHAPE))
+    out = distiller._method_output(make_dataset().take(1).get_single_element()[0],
+                                   make_dataset().take(1).get_single_element()[1], True)
+    assert all(v.dtype == "float32" for v in out.losses.values())
+    # Variables stay float32 (the optimizer updates full-precision weights).
+    assert all(v.dtype == "float32" for v in student.trainable_variables)
