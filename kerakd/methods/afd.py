@@ -1,0 +1,178 @@
+"""`afd`: Ji et al., "Show, Attend and Distill: Knowledge Distillation via
+Attention-based Feature Matching" (AAAI 2021)."""
+
+import math
+
+import keras
+from keras import ops
+
+from kerakd import link_matrix
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.semckd import adaptive_average_pool
+from kerakd.models import layers as zoo_layers
+
+
+def _dense_bn(units, relu, name):
+    # The reference's nn_bn_relu: Linear -> BatchNorm1d (-> ReLU).
+    stack = [keras.layers.Dense(units, name="dense"), zoo_layers.batch_norm("bn")]
+    if relu:
+        stack.append(keras.layers.ReLU(name="relu"))
+    return keras.Sequential(stack, name=name)
+
+
+def _values(features, size):
+    """`l2_normalize_over_HW(adaptive_pool(mean_c f^2 -> size))`, `(B, h*w)`."""
+    f = ops.cast(features, "float32")
+    energy = adaptive_average_pool(ops.mean(f * f, axis=-1, keepdims=True), size)
+    return ops.normalize(ops.reshape(energy, (ops.shape(f)[0], -1)), epsilon=1e-12)
+
+
+@methods.register("afd")
+class AFD(Method):
+    """`ce_weight * CE + kd_weight * KD_T + afd_weight * L_AFD` (afd.md).
+
+    Every teacher block tap `t` attends over every student block tap `s`:
+
+        logits[b,t,s] = (<bilinear(k_s)[b,t], q_t[b]> + <p_t, p_s>) / sqrt(d)
+        att = softmax over s
+        L_AFD = sum_t mean_b sum_s att[b,t,s] * mean_hw (v_s(t)[b] - v_t[b])^2
+
+    with queries `q_t = BN(Dense(GAP(f_t)))`, keys
+    `k_s = ReLU(BN(Dense(GAP(f_s))))`, one shared bilinear
+    `BN(Dense(d -> d*T))` (its BatchNorm normalises over all B*S student
+    keys, as the reference's), Glorot-normal positional embeddings `p_t`,
+    `p_s`, teacher values `v_t = at(f_t)` and student values `v_s(t)`: the
+    channel-mean energy of `f_s` adaptively average-pooled (or repeated) to
+    `f_t`'s spatial size, then L2-normalised. The attention is trained by
+    `L_AFD` (no stop-gradient); the teacher's values are stop-gradient.
+    Any numbers of taps and channel counts work: every part is built from
+    the tap shapes.
+
+    Each training step stores the batch-mean attention, the `(T, S)` teacher x
+    student link matrix, in `self.link_matrix`; `callbacks()` draws it to
+    TensorBoard every epoch.
+
+    Args:
+        ce_weight: weight of the label cross-entropy (default 1, not
+            1 - alpha).
+        kd_weight: alpha, weight of the KD term (default 0.9).
+        afd_weight: beta, weight of `L_AFD` (default 200 for CIFAR; the
+            paper uses 50 on ImageNet, 1000 for transfer learning).
+        temperature: T of the KD term (default 4).
+        qk_dim: d, the query/key width (default 128).
+
+    Example:
+
+    >>> method = kerakd.methods.get("afd")
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.fit(train_ds, epochs=240,
+    ...               callbacks=method.callbacks("runs/afd/logs", None))
+    """
+
+    student_taps = {"features": "blocks"}
+    teacher_taps = {"features": "blocks"}
+
+    def __init__(
+        self,
+        ce_weight=1.0,
+        kd_weight=0.9,
+        afd_weight=200.0,
+        temperature=4.0,
+        qk_dim=128,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, afd_weight=afd_weight)
+        check_positive(temperature=temperature, qk_dim=qk_dim)
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.afd_weight = afd_weight
+        self.temperature = temperature
+        self.qk_dim = int(qk_dim)
+        self.term_weights = {"ce": ce_weight, "kd": kd_weight, "afd": afd_weight}
+
+    def build(self, spec):
+        super().build(spec)
+        student, teacher = spec.student["features"], spec.teacher["features"]
+        d = self.qk_dim
+        self.queries = [_dense_bn(d, False, f"query_{t}") for t in range(len(teacher))]
+        for query, shape in zip(self.queries, teacher):
+            query.build((None, shape[-1]))
+        self.keys = [_dense_bn(d, True, f"key_{s}") for s in range(len(student))]
+        for key, shape in zip(self.keys, student):
+            key.build((None, shape[-1]))
+        self.bilinear = _dense_bn(d * len(teacher), False, "bilinear")
+        self.bilinear.build((None, d))
+        self.teacher_positions = self.add_weight(
+            shape=(len(teacher), d), initializer="glorot_normal", name="teacher_positions"
+        )
+        self.student_positions = self.add_weight(
+            shape=(len(student), d), initializer="glorot_normal", name="student_positions"
+        )
+        self.link_matrix = link_matrix.add_variable(self, (len(teacher), len(student)))
+
+    def attention(self, student, teacher, training=False):
+        """Per-example attention `(B, T, S)` of teacher over student taps.
+
+        Args:
+            student: list of `S` student feature maps `(B, H, W, C)`.
+            teacher: list of `T` teacher feature maps.
+            training: BatchNorm mode (batch statistics when True).
+        """
+        query = ops.stack(
+            [q(ops.mean(f, axis=(1, 2)), training=training) for q, f in zip(self.queries, teacher)],
+            axis=1,
+        )
+        key = ops.stack(
+            [k(ops.mean(f, axis=(1, 2)), training=training) for k, f in zip(self.keys, student)],
+            axis=1,
+        )
+        batch, num_student, d = ops.shape(key)[0], len(student), self.qk_dim
+        bilinear_key = self.bilinear(ops.reshape(key, (-1, d)), training=training)
+        bilinear_key = ops.reshape(bilinear_key, (batch, num_student, len(teacher), d))
+        logits = ops.einsum(
+            "bstq,btq->bts", ops.cast(bilinear_key, "float32"), ops.cast(query, "float32")
+        )
+        positions = ops.matmul(self.teacher_positions, ops.transpose(self.student_positions))
+        return ops.softmax((logits + ops.cast(positions, "float32")) / math.sqrt(d), axis=-1)
+
+    def call(self, data, training=False):
+        student = data.student["features"]
+        teacher = [ops.stop_gradient(f) for f in data.teacher["features"]]
+        attention = self.attention(student, teacher, training)
+        if training:
+            self.link_matrix.assign(ops.mean(attention, axis=0))
+        # Student values per distinct teacher size, shared by the taps of that size.
+        student_values = {}
+        afd = 0.0
+        for t, f_t in enumerate(teacher):
+            size = tuple(f_t.shape[1:3])
+            if size not in student_values:
+                student_values[size] = ops.stack([_values(f_s, size) for f_s in student], axis=1)
+            teacher_values = losses.attention_map(f_t)[:, None, :]
+            distance = ops.mean(ops.square(student_values[size] - teacher_values), axis=-1)
+            afd += ops.mean(ops.sum(attention[:, t] * distance, axis=-1))
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
+                "afd": afd,
+            }
+        )
+
+    def callbacks(self, log_dir, sample_images):
+        """A `LinkMatrixLogger` drawing the teacher x student link matrix."""
+        return [link_matrix.LinkMatrixLogger(self, log_dir, rows="teacher", columns="student")]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            afd_weight=self.afd_weight,
+            temperature=self.temperature,
+            qk_dim=self.qk_dim,
+        )
+        return config

@@ -1,0 +1,292 @@
+"""`semckd`: Chen et al., "Cross-Layer Distillation with Semantic Calibration" (AAAI 2021)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerakd import link_matrix
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.models import layers as zoo_layers
+
+
+def _bin_averages(size_in, size_out):
+    """`(size_out, size_in)` matrix averaging PyTorch's adaptive-pooling bins."""
+    matrix = np.zeros((size_out, size_in), "float32")
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)  # ceil
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_average_pool(x, size):
+    """PyTorch's `adaptive_avg_pool2d` of a channels-last map, in float32.
+
+    Output cell `(p, q)` averages input rows `[floor(p*H/h), ceil((p+1)*H/h))`
+    and the matching columns, so a smaller `size` average-pools and a larger
+    one repeats cells (nearest upsampling for integer ratios).
+
+    Args:
+        x: `(B, H, W, C)` with static `H`, `W`.
+        size: target `(h, w)`.
+
+    Returns:
+        `(B, h, w, C)` float32.
+
+    Example:
+
+    >>> adaptive_average_pool(ops.ones((2, 8, 8, 3)), (4, 4)).shape   # (2, 4, 4, 3)
+    """
+    x = ops.cast(x, "float32")
+    (height, width), size = x.shape[1:3], tuple(size)
+    if (height, width) == size:
+        return x
+    return ops.einsum(
+        "ph,bhwc,qw->bpqc",
+        _bin_averages(height, size[0]),
+        x,
+        _bin_averages(width, size[1]),
+    )
+
+
+def gram(features):
+    """`R(f) R(f)^T`: the `(B, B)` inner products of the flattened examples."""
+    flat = ops.reshape(ops.cast(features, "float32"), (ops.shape(features)[0], -1))
+    return ops.matmul(flat, ops.transpose(flat))
+
+
+def _embedding(batch_size, name):
+    # The reference's MLPEmbed(B, B // 4): B -> 2 (B // 4) -> B // 4. Float32
+    # even under mixed precision: raw Gram entries overflow float16.
+    width = batch_size // 4
+    return keras.Sequential(
+        [
+            keras.layers.Dense(2 * width, activation="relu", dtype="float32", name="hidden"),
+            keras.layers.Dense(width, dtype="float32", name="out"),
+        ],
+        name=name,
+    )
+
+
+def _projector(teacher_channels, name):
+    # The reference's AAEmbed: three bias-free convs with BN-ReLU between.
+    mid = 2 * teacher_channels
+    return keras.Sequential(
+        [
+            keras.layers.Conv2D(mid, 1, use_bias=False, name="conv1"),
+            zoo_layers.batch_norm("bn1"),
+            keras.layers.ReLU(name="relu1"),
+            keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name="conv2"),
+            zoo_layers.batch_norm("bn2"),
+            keras.layers.ReLU(name="relu2"),
+            keras.layers.Conv2D(teacher_channels, 1, use_bias=False, name="conv3"),
+        ],
+        name=name,
+    )
+
+
+def _aligned_size(student_shape, teacher_shape):
+    """The spatial size a (student, teacher) pair is compared at: the smaller."""
+    s_size, t_size = tuple(student_shape[1:3]), tuple(teacher_shape[1:3])
+    return t_size if s_size[0] > t_size[0] else s_size
+
+
+def _pairwise(distance, num_student, num_teacher):
+    """`(B, S, T)` stack of `distance(i, j)`, a `(B,)` value per tap pair."""
+    rows = [ops.stack([distance(i, j) for j in range(num_teacher)], axis=-1)
+            for i in range(num_student)]
+    return ops.stack(rows, axis=1)
+
+
+def _association_mean(attention, values):
+    """`sum_{b,i,j} att[b,i,j] * values[b,i,j] / (B * S)`: the attention-weighted
+    mean over student taps and examples (rows of `att` sum to 1 over teacher taps)."""
+    batch, student_taps = attention.shape[0], attention.shape[1]
+    return ops.sum(attention * values) / float(batch * student_taps)
+
+
+@methods.register("semckd")
+class SemCKD(Method):
+    """`ce_weight * CE + kd_weight * KD_T + semckd_weight * L_SemCKD` (semckd.md).
+
+    Every student stage tap `i` is distilled from every teacher stage tap `j`
+    through a projector `proj_ij`, weighted by a per-example attention
+    `att[b, i, j]` (softmax over teacher taps) between a query of the
+    student's and a key of the teacher's `(B, B)` Gram matrices:
+
+        L_SemCKD = sum_{b,i,j} att[b,i,j] * mean_hwc (proj_ij(f_s_i)[b] - f_t_j[b])^2 / (B * S)
+
+    The attention is trained by this loss (no stop-gradient); teacher Grams
+    and features are stop-gradient targets. Any numbers of taps and channel
+    counts work: the query/key MLPs and the `S x T` projectors are built from
+    the tap shapes. Spatial sizes are aligned by adaptive average pooling of
+    the larger map, as the reference does.
+
+    The query/key MLPs read Gram rows, so their width is the per-replica
+    batch `B` the method is built for: train on batches of exactly that size
+    (`dataset.batch(B * replicas, drop_remainder=True)`); another size
+    raises an error. `B` must be at least 4 (the keys have `B // 4` dims).
+
+    Each training step stores the batch-mean attention, the `(S, T)` student x
+    teacher link matrix, in `self.link_matrix`; `callbacks()` draws it to
+    TensorBoard every epoch. The step also reports `sm_score` (paper Eq. 18):
+    the attention-weighted mean squared difference between student and
+    teacher Gram rows, reduced like the loss (sum over b, i, j of `att` times
+    the MSE of row b of the two Grams, divided by `B * S`); lower means the
+    attention links student taps to teacher taps of similar semantics.
+
+    Args:
+        ce_weight: gamma, weight of the label cross-entropy (default 1).
+        kd_weight: alpha, weight of the KD term (default 1).
+        semckd_weight: beta, weight of `L_SemCKD` (default 400 for CIFAR;
+            the paper uses 50 on ImageNet).
+        temperature: T of the KD term (default 4).
+        tau: attention temperature, `logits = <q, k> / tau`. 1 is the paper's
+            SemCKD (no `1/sqrt(d)` scaling); 2 or 4 give the softened
+            SemCKD_tau variant.
+
+    Example:
+
+    >>> method = kerakd.methods.get("semckd", tau=2.0)
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.fit(train_ds.batch(64, drop_remainder=True), epochs=240,
+    ...               callbacks=method.callbacks("runs/semckd/logs", None))
+    """
+
+    student_taps = {"features": "stages"}
+    teacher_taps = {"features": "stages"}
+
+    def __init__(
+        self,
+        ce_weight=1.0,
+        kd_weight=1.0,
+        semckd_weight=400.0,
+        temperature=4.0,
+        tau=1.0,
+        **kwargs,
+    ):
+        # Keras would derive "sem_ckd" from the class name; TensorBoard tags
+        # read better with the registered name.
+        kwargs.setdefault("name", "semckd")
+        super().__init__(**kwargs)
+        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, semckd_weight=semckd_weight)
+        check_positive(temperature=temperature, tau=tau)
+        self.ce_weight = ce_weight
+        self.kd_weight = kd_weight
+        self.semckd_weight = semckd_weight
+        self.temperature = temperature
+        self.tau = tau
+        self.term_weights = {"ce": ce_weight, "kd": kd_weight, "semckd": semckd_weight}
+
+    def build(self, spec):
+        super().build(spec)
+        batch = spec.batch_size
+        if batch is None:
+            raise ValueError(
+                "SemCKD needs the per-replica batch size when it is built (its "
+                "attention MLPs read B x B Gram rows), but the batch dimension is "
+                "unknown. Batch the training set with drop_remainder=True, or "
+                "build the Distiller with a fixed batch: distiller.build((B, H, W, C))."
+            )
+        if batch < 4:
+            raise ValueError(
+                f"SemCKD needs a per-replica batch of at least 4 (its keys have "
+                f"B // 4 dimensions); got {batch}."
+            )
+        student, teacher = spec.student["features"], spec.teacher["features"]
+        self.queries = [_embedding(batch, f"query_{i}") for i in range(len(student))]
+        self.keys = [_embedding(batch, f"key_{j}") for j in range(len(teacher))]
+        for mlp in self.queries + self.keys:
+            mlp.build((batch, batch))
+        # Flat, row-major over (student tap i, teacher tap j).
+        self.projectors = []
+        for i, s_shape in enumerate(student):
+            for j, t_shape in enumerate(teacher):
+                projector = _projector(t_shape[-1], f"projector_{i}_{j}")
+                projector.build((batch, *_aligned_size(s_shape, t_shape), s_shape[-1]))
+                self.projectors.append(projector)
+        self.link_matrix = link_matrix.add_variable(self, (len(student), len(teacher)))
+
+    def _check_batch(self, features):
+        batch = features[0].shape[0]
+        if batch != self.spec.batch_size:
+            raise ValueError(
+                f"SemCKD was built for a per-replica batch of {self.spec.batch_size} "
+                f"(its attention MLPs read Gram rows of that width) but got a batch "
+                f"of {'unknown size' if batch is None else batch}. Batch the "
+                "training set with drop_remainder=True and a per-replica batch "
+                f"of {self.spec.batch_size}."
+            )
+
+    def attention(self, student_grams, teacher_grams):
+        """Per-example attention `(B, S, T)` of student over teacher taps.
+
+        Args:
+            student_grams: list of `S` `(B, B)` Gram matrices.
+            teacher_grams: list of `T` `(B, B)` Gram matrices.
+        """
+        query = ops.stack(
+            [ops.normalize(mlp(g), epsilon=1e-12) for mlp, g in zip(self.queries, student_grams)],
+            axis=1,
+        )
+        key = ops.stack(
+            [ops.normalize(mlp(g), epsilon=1e-12) for mlp, g in zip(self.keys, teacher_grams)],
+            axis=1,
+        )
+        logits = ops.einsum("bsd,btd->bst", query, key) / self.tau
+        return ops.softmax(logits, axis=-1)
+
+    def _feature_distance(self, f_s, f_t, projector, training):
+        """`d[b]`: mean squared error of the projected student map vs the teacher's."""
+        size = _aligned_size(f_s.shape, f_t.shape)
+        projected = projector(adaptive_average_pool(f_s, size), training=training)
+        error = ops.square(ops.cast(projected, "float32") - adaptive_average_pool(f_t, size))
+        return ops.mean(error, axis=(1, 2, 3))
+
+    def call(self, data, training=False):
+        student = data.student["features"]
+        teacher = [ops.stop_gradient(f) for f in data.teacher["features"]]
+        self._check_batch(student)
+        student_grams = [gram(f) for f in student]
+        teacher_grams = [gram(f) for f in teacher]
+        attention = self.attention(student_grams, teacher_grams)
+        if training:
+            self.link_matrix.assign(ops.mean(attention, axis=0))
+        num_teacher = len(teacher)
+        distances = _pairwise(
+            lambda i, j: self._feature_distance(
+                student[i], teacher[j], self.projectors[i * num_teacher + j], training
+            ),
+            len(student),
+            num_teacher,
+        )
+        gram_errors = _pairwise(
+            lambda i, j: ops.mean(ops.square(student_grams[i] - teacher_grams[j]), axis=-1),
+            len(student),
+            num_teacher,
+        )
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
+                "semckd": _association_mean(attention, distances),
+            },
+            metrics={"sm_score": ops.stop_gradient(_association_mean(attention, gram_errors))},
+        )
+
+    def callbacks(self, log_dir, sample_images):
+        """A `LinkMatrixLogger` drawing the student x teacher link matrix."""
+        return [link_matrix.LinkMatrixLogger(self, log_dir, rows="student", columns="teacher")]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            semckd_weight=self.semckd_weight,
+            temperature=self.temperature,
+            tau=self.tau,
+        )
+        return config
