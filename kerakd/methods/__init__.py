@@ -2,6 +2,7 @@
 
 >>> kerakd.methods.available()
 >>> method = kerakd.methods.get("kd", temperature=4)
+>>> both = kerakd.methods.get("fitnet+crd", crd={"num_data": 50000})
 """
 
 import keras
@@ -9,8 +10,23 @@ import keras
 from kerakd.registry import Registry
 
 registry = Registry("method")
-get = registry.get
 available = registry.available
+
+
+def get(name, **kwargs):
+    """A method by registered name, or a composition of several.
+
+    Args:
+        name: a registered name (`"kd"`), or several joined by `+`
+            (`"fitnet+crd"`) or listed (`["fitnet", "crd"]`), which return a
+            `kerakd.methods.compose.Compose` summing their terms.
+        **kwargs: the method's hyperparameters; for a composition,
+            `{name: {hyperparameter: value}}` per method.
+    """
+    names = name.split("+") if isinstance(name, str) else list(name)
+    if len(names) == 1:
+        return registry.get(names[0].strip(), **kwargs)
+    return compose.Compose.from_names(names, **kwargs)
 
 
 def register(name):
@@ -28,3 +44,5 @@ from kerakd.registry import import_submodules  # noqa: E402
 
 # Each module registers its methods when imported.
 import_submodules(__name__, __path__)
+
+from kerakd.methods import compose  # noqa: E402

@@ -1,0 +1,168 @@
+"""`dkd`: Zhao et al., "Decoupled Knowledge Distillation" (CVPR 2022)."""
+
+import keras
+from keras import ops
+
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+
+# Subtracted from the target logit / T to drop it from a softmax, as in
+# mdistiller (exp(-1000) is exactly 0 in float32).
+_MASK = 1000.0
+
+
+def _binary_logits(logits, target_mask, temperature):
+    # T * [z_y / T, logsumexp_{k != y} z_k / T]: their softmax at T is
+    # (p_target, p_non_target), the binary distribution of TCKD.
+    z = ops.cast(logits, "float32") / temperature
+    target = ops.sum(z * target_mask, axis=-1)
+    non_target = ops.logsumexp(z - _MASK * target_mask, axis=-1)
+    return temperature * ops.stack([target, non_target], axis=-1)
+
+
+def dkd_losses(student_logits, teacher_logits, labels, temperature=4.0):
+    """The two DKD terms, `(tckd, nckd)`, each `T^2 * mean_b KL(teacher || student)`.
+
+    - TCKD: KL between the binary distributions (target class, all others).
+    - NCKD: KL between the distributions over the non-target classes.
+
+    Both are the KD term of conventions.md (`losses.kd_loss`) applied to
+    transformed logits, so the teacher is a stop-gradient target and no
+    probability is clipped. mdistiller takes `log` of the binary
+    probabilities; the log-sum-exp here gives the same value without
+    underflow.
+
+    Args:
+        student_logits: `(B, K)`.
+        teacher_logits: `(B, K)`.
+        labels: int class ids `(B,)` or soft labels `(B, K)` (their arg-max
+            is the target class).
+        temperature: T.
+
+    Returns:
+        `(tckd, nckd)`, float32 scalars.
+    """
+    t = float(temperature)
+    num_classes = ops.shape(student_logits)[-1]
+    target_mask = ops.one_hot(losses.hard_labels(labels), num_classes, dtype="float32")
+    tckd = losses.kd_loss(
+        _binary_logits(student_logits, target_mask, t),
+        _binary_logits(teacher_logits, target_mask, t),
+        t,
+    )
+    # Masking z / T by -1000 is masking z by -1000 T.
+    mask = _MASK * t * target_mask
+    nckd = losses.kd_loss(
+        ops.cast(student_logits, "float32") - mask,
+        ops.cast(teacher_logits, "float32") - mask,
+        t,
+    )
+    return tckd, nckd
+
+
+def warmup_factor(epoch, warmup):
+    """`min(epoch / warmup, 1)` for the 1-based `epoch` (mdistiller); 1 if `warmup` is 0."""
+    return min(epoch / warmup, 1.0) if warmup else 1.0
+
+
+class DKDWarmup(keras.callbacks.Callback):
+    """Sets the DKD term weights to `alpha, beta x warmup_factor(epoch)` each epoch.
+
+    Keras counts epochs from 0; mdistiller from 1, so epoch `e` of Keras uses
+    `warmup_factor(e + 1)`. Resuming with `initial_epoch` continues the ramp.
+    """
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.method.set_warmup_epoch(epoch + 1)
+
+
+@methods.register("dkd")
+class DKD(Method):
+    """`ce_weight * CE + w(epoch) * (alpha * TCKD + beta * NCKD)` (mdistiller).
+
+    `w(epoch) = min(epoch / warmup, 1)` ramps the DKD terms in over the first
+    `warmup` epochs. The weights of `tckd` and `nckd` are non-trainable
+    variables that `DKDWarmup` (returned by `callbacks()`, which the CLI
+    adds) updates at the start of each epoch. They start at the value of the
+    first epoch, `1 / warmup`; a `fit` without the callback keeps them there,
+    so pass `method.callbacks(...)` to `fit` when not using the CLI.
+
+    Args:
+        ce_weight: weight of the label cross-entropy (default 1).
+        alpha: weight of TCKD after warm-up (default 1).
+        beta: weight of NCKD after warm-up (default 8, mdistiller's value for
+            resnet32x4 -> resnet8x4).
+        temperature: T (default 4).
+        warmup: epochs of the linear ramp (default 20; 0 disables it).
+
+    Example:
+
+    >>> method = kerakd.methods.get("dkd", beta=8)
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
+    """
+
+    def __init__(self, ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup=20,
+                 **kwargs):
+        super().__init__(**kwargs)
+        check_non_negative(ce_weight=ce_weight, alpha=alpha, beta=beta, warmup=warmup)
+        check_positive(temperature=temperature)
+        self.ce_weight = ce_weight
+        self.alpha = alpha
+        self.beta = beta
+        self.temperature = temperature
+        self.warmup = warmup
+
+    def build(self, spec):
+        super().build(spec)
+        factor = warmup_factor(1, self.warmup)
+        self.tckd_weight = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.alpha * factor),
+            trainable=False, name="tckd_weight", aggregation="only_first_replica",
+        )
+        self.nckd_weight = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.beta * factor),
+            trainable=False, name="nckd_weight", aggregation="only_first_replica",
+        )
+        self.term_weights = {
+            "ce": self.ce_weight,
+            "tckd": self.tckd_weight,
+            "nckd": self.nckd_weight,
+        }
+
+    def set_warmup_epoch(self, epoch):
+        """Sets the term weights for the 1-based `epoch` of the ramp."""
+        factor = warmup_factor(epoch, self.warmup)
+        self.tckd_weight.assign(self.alpha * factor)
+        self.nckd_weight.assign(self.beta * factor)
+
+    def call(self, data, training=False):
+        tckd, nckd = dkd_losses(
+            data.student_logits, data.teacher_logits, data.labels, self.temperature
+        )
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "tckd": tckd,
+                "nckd": nckd,
+            }
+        )
+
+    def callbacks(self, log_dir, sample_images):
+        return [DKDWarmup(self)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ce_weight=self.ce_weight,
+            alpha=self.alpha,
+            beta=self.beta,
+            temperature=self.temperature,
+            warmup=self.warmup,
+        )
+        return config

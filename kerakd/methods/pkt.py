@@ -1,0 +1,78 @@
+"""`pkt`: Passalis & Tefas, "Learning Deep Representations with Probabilistic
+Knowledge Transfer" (ECCV 2018)."""
+
+from keras import ops
+
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative
+from kerakd.methods.rkd import check_one_pair, cosine_similarity_matrix
+
+
+def _kernel(features):
+    # Cosine kernel shifted to [0, 1], each row a probability distribution.
+    # In float64: the kernels of a batch are nearly uniform, and at weight
+    # 30000 float32 rounding of their log-ratio shows in the objective.
+    f = ops.cast(features, "float64")
+    k = (cosine_similarity_matrix(ops.reshape(f, (ops.shape(f)[0], -1))) + 1.0) / 2.0
+    return k / ops.sum(k, axis=1, keepdims=True)
+
+
+def pkt_loss(student_features, teacher_features, epsilon=1e-7):
+    """`mean_{ij} q_t log((q_t + eps) / (q_s + eps))` between cosine kernels.
+
+    As RepDistiller's `PKT.cosine_similarity_loss`, the mean runs over all
+    `B x B` entries and `eps = 1e-7`. One difference: the features are
+    normalised by `max(||x||, 1e-12)` (the helper SP, RKD and CRD share)
+    instead of `||x|| + 1e-7`, which agree to ~1e-7 relative for any
+    non-vanishing feature vector. Computed in float64 (B x B values, cheap);
+    returns float32.
+    """
+    q_s = _kernel(student_features)
+    q_t = ops.stop_gradient(_kernel(teacher_features))
+    return ops.cast(ops.mean(q_t * ops.log((q_t + epsilon) / (q_s + epsilon))), "float32")
+
+
+@methods.register("pkt")
+class PKT(Method):
+    """`ce_weight * CE + pkt_weight * PKT(f_s, f_t)` on penultimate embeddings.
+
+    The kernels couple the examples of a batch, so each replica computes them
+    on its own examples (conventions.md).
+
+    Args:
+        ce_weight: gamma (default 1).
+        pkt_weight: beta (default 30000).
+
+    Example:
+
+    >>> kerakd.Distiller(student, kerakd.methods.get("pkt"), teacher)
+    """
+
+    student_taps = {"features": "penultimate"}
+    teacher_taps = {"features": "penultimate"}
+
+    def __init__(self, ce_weight=1.0, pkt_weight=30000.0, **kwargs):
+        super().__init__(**kwargs)
+        check_non_negative(ce_weight=ce_weight, pkt_weight=pkt_weight)
+        self.ce_weight = ce_weight
+        self.pkt_weight = pkt_weight
+        self.term_weights = {"ce": ce_weight, "pkt": pkt_weight}
+
+    def build(self, spec):
+        super().build(spec)
+        check_one_pair(spec, "PKT")
+
+    def call(self, data, training=False):
+        (f_s,), (f_t,) = data.student["features"], data.teacher["features"]
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "pkt": pkt_loss(f_s, f_t),
+            }
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ce_weight=self.ce_weight, pkt_weight=self.pkt_weight)
+        return config

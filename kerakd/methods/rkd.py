@@ -1,0 +1,149 @@
+"""`rkd`: Park et al., "Relational Knowledge Distillation" (CVPR 2019).
+
+Also home of the relation helpers that SP, PKT and CRD share
+(`l2_normalize`, `cosine_similarity_matrix`, `pairwise_distances`).
+"""
+
+import keras
+from keras import ops
+
+from kerakd import losses
+from kerakd import methods
+from kerakd.methods.base import Method, MethodOutput, check_non_negative
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """`x / max(||x||, epsilon)` along `axis`: PyTorch's `F.normalize`.
+
+    The norm is `sqrt(max(sum x^2, epsilon^2))`, the same value, written so
+    that a zero vector (RKD's `e_i - e_i`) gets a zero gradient rather than
+    the NaN of differentiating `sqrt` at 0.
+
+    Example:
+
+    >>> l2_normalize(ops.array([[3.0, 4.0], [0.0, 0.0]]))   # [[.6, .8], [0, 0]]
+    """
+    squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
+
+
+def cosine_similarity_matrix(x):
+    """Cosines between the rows of `x`: `(..., N, D) -> (..., N, N)`."""
+    x = l2_normalize(x)
+    return ops.matmul(x, ops.swapaxes(x, -1, -2))
+
+
+def pairwise_distances(x, epsilon=1e-12):
+    """Euclidean distances between the rows of `x` `(N, D)`, zero diagonal.
+
+    Squared distances are clamped at `epsilon` before the square root, as in
+    RepDistiller's `RKDLoss.pdist`.
+    """
+    squares = ops.sum(ops.square(x), axis=-1)
+    squared = squares[:, None] + squares[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
+    off_diagonal = 1.0 - ops.eye(ops.shape(x)[0], dtype=x.dtype)
+    return ops.sqrt(ops.maximum(squared, epsilon)) * off_diagonal
+
+
+def check_one_pair(spec, method_name):
+    """Raises unless `spec` has exactly one `"features"` tap on each side."""
+    for side in ("student", "teacher"):
+        count = len(getattr(spec, side)["features"])
+        if count != 1:
+            raise ValueError(
+                f"{method_name} compares one student tap with one teacher tap, "
+                f"but the {side} has {count}. Pass a single layer name as "
+                f"{side}_taps."
+            )
+
+
+def _flat_f32(x):
+    return ops.reshape(ops.cast(x, "float32"), (ops.shape(x)[0], -1))
+
+
+def _normalized_distances(x):
+    # Distances divided by the mean of the non-zero ones (RepDistiller).
+    d = pairwise_distances(x)
+    count = ops.sum(ops.cast(d > 0, d.dtype))
+    return d / (ops.sum(d) / count)
+
+
+def _angles(x):
+    # angles[i, j, k] = cos(e_j - e_i, e_k - e_i), for every anchor i.
+    return cosine_similarity_matrix(x[None, :, :] - x[:, None, :])
+
+
+def rkd_distance_loss(student, teacher):
+    """Huber loss between mean-normalised distance matrices `(B, B)`."""
+    s = _normalized_distances(_flat_f32(student))
+    t = ops.stop_gradient(_normalized_distances(_flat_f32(teacher)))
+    return keras.losses.huber(ops.reshape(t, (-1,)), ops.reshape(s, (-1,)), delta=1.0)
+
+
+def rkd_angle_loss(student, teacher):
+    """Huber loss between the triplet-angle tensors `(B, B, B)`."""
+    s = _angles(_flat_f32(student))
+    t = ops.stop_gradient(_angles(_flat_f32(teacher)))
+    return keras.losses.huber(ops.reshape(t, (-1,)), ops.reshape(s, (-1,)), delta=1.0)
+
+
+@methods.register("rkd")
+class RKD(Method):
+    """`ce_weight * CE + distance_weight * L_d + angle_weight * L_a`.
+
+    Both terms compare relations between the examples of the (per-replica)
+    batch: `L_d` the pairwise distances, each matrix divided by the mean of
+    its non-zero entries; `L_a` the cosines of the angles `(e_j - e_i,
+    e_k - e_i)`. Each is a Huber (smooth-L1, delta 1) loss averaged over the
+    entries, with the teacher side a stop-gradient target, as in
+    RepDistiller's `RKDLoss` on the penultimate embeddings (`feat[-1]`).
+
+    Args:
+        ce_weight: gamma (default 1).
+        distance_weight: weight of the distance term (default 25).
+        angle_weight: weight of the angle term (default 50).
+
+    Example:
+
+    >>> kerakd.Distiller(student, kerakd.methods.get("rkd"), teacher)
+    """
+
+    student_taps = {"features": "penultimate"}
+    teacher_taps = {"features": "penultimate"}
+
+    def __init__(self, ce_weight=1.0, distance_weight=25.0, angle_weight=50.0, **kwargs):
+        super().__init__(**kwargs)
+        check_non_negative(
+            ce_weight=ce_weight, distance_weight=distance_weight, angle_weight=angle_weight
+        )
+        self.ce_weight = ce_weight
+        self.distance_weight = distance_weight
+        self.angle_weight = angle_weight
+        self.term_weights = {
+            "ce": ce_weight,
+            "rkd_distance": distance_weight,
+            "rkd_angle": angle_weight,
+        }
+
+    def build(self, spec):
+        super().build(spec)
+        check_one_pair(spec, "RKD")
+
+    def call(self, data, training=False):
+        (f_s,), (f_t,) = data.student["features"], data.teacher["features"]
+        return MethodOutput(
+            losses={
+                "ce": losses.cross_entropy(data.labels, data.student_logits),
+                "rkd_distance": rkd_distance_loss(f_s, f_t),
+                "rkd_angle": rkd_angle_loss(f_s, f_t),
+            }
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            ce_weight=self.ce_weight,
+            distance_weight=self.distance_weight,
+            angle_weight=self.angle_weight,
+        )
+        return config
