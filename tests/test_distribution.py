@@ -20,7 +20,7 @@ import kerakd
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
 HERE = os.path.dirname(__file__)
-METHODS = kerakd.methods.available()
+METHODS = kerakd.methods.available() + ["kd+at"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def test_mirrored_step_equals_average_of_half_steps(multi_replica_results, metho
     result = multi_replica_results[method]
     assert "error" not in result, result.get("error")
     assert result["moved"] > 1e-3, "the step must change the weights for the check to mean anything"
-    assert result["weight_diff"] < 1e-5, result
+    # float32 rounding grows with the size of the update (SemCKD's beta 400
+    # moves some weights by ~100 in this one step).
+    assert result["relative_weight_diff"] < 1e-5, result
     assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
 
 
