@@ -214,11 +214,11 @@ class Distiller(keras.Model):
         off one symbolic step (which also checks the method end to end)."""
         names = {}
 
-        def step(images, labels):
+        def step(images, labels, index):
             # Its own stateless scope keeps the trace's state updates (BatchNorm
             # statistics, seeds) out of any scope Keras is building under.
             with keras.StatelessScope():
-                out = self._method_output(images, labels, training=True)
+                out = self._method_output(images, labels, True, index)
                 names.update(losses=list(out.losses), metrics=list(out.metrics),
                               logits=[n for n in out.logits if n != "_student"])
                 return self._total_loss(out.losses)
@@ -227,6 +227,7 @@ class Distiller(keras.Model):
         tf.function(step, autograph=False).get_concrete_function(
             tf.TensorSpec(spec.image_shape, self.compute_dtype),
             tf.TensorSpec(spec.image_shape[:1], tf.int32),
+            tf.TensorSpec(spec.image_shape[:1], tf.int64) if self.method.needs_index else None,
         )
         missing = set(names["losses"]) - set(self.method.term_weights)
         if missing:
@@ -316,7 +317,7 @@ class Distiller(keras.Model):
 
     # -- steps ------------------------------------------------------------
 
-    def _unpack(self, data):
+    def _unpack(self, data, training):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError(
@@ -324,6 +325,12 @@ class Distiller(keras.Model):
                 "yields no labels."
             )
         index = x.get("index") if isinstance(x, dict) else None
+        if training and index is None and self.method.needs_index:
+            raise ValueError(
+                f"Method '{self.method.name}' reads the dataset index of each "
+                "example: feed ({'images': x, 'index': i}, labels) batches "
+                "(kerakd.data pipelines do with with_index=True)."
+            )
         return self._images_of(x), y, index
 
     def _ensure_built(self, images):
@@ -331,7 +338,7 @@ class Distiller(keras.Model):
             self.build(tuple(images.shape))
 
     def train_step(self, data):
-        images, labels, index = self._unpack(data)
+        images, labels, index = self._unpack(data, training=True)
         self._ensure_built(images)
         teacher = self._forward_teacher(images) if self._teacher_net else None
         variables = self.trainable_variables
@@ -367,7 +374,7 @@ class Distiller(keras.Model):
         return self._results(trackers)
 
     def test_step(self, data):
-        images, labels, _ = self._unpack(data)
+        images, labels, _ = self._unpack(data, training=False)
         self._ensure_built(images)
         logits = self.student(images, training=False)
         ce = losses.cross_entropy(labels, logits)

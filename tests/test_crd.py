@@ -167,8 +167,17 @@ def test_bank_needs_num_data_and_indices():
     with pytest.raises(ValueError, match="num_data"):
         build()
     method = build(num_data=20, negatives=3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="index"):
+    with pytest.raises(ValueError, match="index of each example"):
         method(data=step(index=None), training=True)
+
+
+def test_distiller_refuses_batches_without_indices(student, teacher):
+    method = kerakd.methods.get("crd", num_data=20, negatives=4, feat_dim=8)
+    distiller = kerakd.Distiller(student, method, teacher)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    plain = tf.data.Dataset.from_tensor_slices((make_images(8), make_labels(8))).batch(8)
+    with pytest.raises(ValueError, match=r"\{'images': x, 'index': i\}"):
+        distiller.fit(plain, epochs=1, verbose=0)
 
 
 def test_bad_hyperparameters_are_named():

@@ -199,17 +199,15 @@ class CRD(Method):
         if not self.queue:
             self.seed_generator = keras.random.SeedGenerator()
 
-    def _index(self, index, batch):
-        if index is not None:
-            return ops.cast(ops.reshape(index, (-1,)), "int32")
-        # The Distiller traces one step without indices when it is built; a
-        # step that runs without them stops here.
-        tf.debugging.Assert(False, [
-            "CRD's memory bank reads the dataset index of each example: the "
-            "pipeline must yield ({'images': x, 'index': i}, y) batches, or use "
-            "CRD(queue=True)."
-        ])
-        return ops.zeros((batch,), "int32")
+    @staticmethod
+    def _index(index):
+        if index is None:
+            raise ValueError(
+                "CRD's memory bank reads the dataset index of each example: the "
+                "pipeline must yield ({'images': x, 'index': i}, y) batches, or "
+                "use CRD(queue=True)."
+            )
+        return ops.cast(ops.reshape(index, (-1,)), "int32")
 
     def _scores(self, v_s, v_t, index):
         """`(B, 1 + K)` dot products of each anchor with its positive and negatives."""
@@ -260,7 +258,7 @@ class CRD(Method):
         (f_s,), (f_t,) = data.student["features"], data.teacher["features"]
         v_s = self.embed_student(f_s)
         v_t = self.embed_teacher(ops.stop_gradient(f_t))
-        index = None if self.queue else self._index(data.index, ops.shape(v_s)[0])
+        index = None if self.queue else self._index(data.index)
         s_scores, t_scores = self._scores(v_s, v_t, index)
         p_s, p_t = self._probabilities(s_scores, t_scores)
         crd = nce_loss(p_s, self.noise_size) + nce_loss(p_t, self.noise_size)
