@@ -20,6 +20,12 @@ class _Tapped:
         self.names = list(dict.fromkeys(n for names in roles.values() for n in names))
         self.model = tap_model(model, self.names)
 
+    @classmethod
+    def of(cls, model, method_roles, override, side):
+        """Taps `model` where the method's roles (with a user override) point."""
+        roles = _roles(method_roles, override, side)
+        return cls(model, {r: resolve_taps(model, spec) for r, spec in roles.items()})
+
     def __call__(self, images, training):
         outputs = self.model(images, training=training)
         *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -146,20 +152,12 @@ class Distiller(keras.Model):
         self.student_taps = student_taps
         self.teacher_taps = teacher_taps
         self.weight_decay = float(weight_decay)
-        self._student_net = _Tapped(
-            student,
-            {r: resolve_taps(student, s)
-             for r, s in _roles(method.student_taps, student_taps, "student").items()},
-        )
+        self._student_net = _Tapped.of(student, method.student_taps, student_taps, "student")
         self._teacher_net = None
         if teacher is not None:
             _check_logits_model(teacher, "teacher")
             teacher.trainable = False
-            self._teacher_net = _Tapped(
-                teacher,
-                {r: resolve_taps(teacher, s)
-                 for r, s in _roles(method.teacher_taps, teacher_taps, "teacher").items()},
-            )
+            self._teacher_net = _Tapped.of(teacher, method.teacher_taps, teacher_taps, "teacher")
             self._check_pair(student, teacher)
         self._image_shape = None
 

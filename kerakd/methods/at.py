@@ -2,7 +2,7 @@
 
 from kerakd import losses
 from kerakd import methods
-from kerakd.methods.base import Method, MethodOutput, check_non_negative
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_paired_taps
 
 
 @methods.register("at")
@@ -33,14 +33,8 @@ class AT(Method):
 
     def build(self, spec):
         super().build(spec)
-        student, teacher = spec.student["features"], spec.teacher["features"]
-        if len(student) != len(teacher):
-            raise ValueError(
-                f"AT pairs taps one to one, but the student has {len(student)} "
-                f"taps and the teacher {len(teacher)}. Pass student_taps/"
-                "teacher_taps lists of equal length."
-            )
-        for i, (s, t) in enumerate(zip(student, teacher)):
+        pairs = check_paired_taps("AT", spec)
+        for i, (s, t) in enumerate(pairs):
             if tuple(s[1:3]) != tuple(t[1:3]):
                 raise ValueError(
                     f"AT pair {i} has spatial sizes {s[1:3]} (student) and "

@@ -160,6 +160,22 @@ class Method(keras.layers.Layer):
         return []
 
 
+def check_paired_taps(method, spec, role="features"):
+    """Checks that a method pairing taps one to one has as many on each side.
+
+    Returns:
+        The `(student shape, teacher shape)` pairs.
+    """
+    student, teacher = spec.student[role], spec.teacher[role]
+    if len(student) != len(teacher):
+        raise ValueError(
+            f"{method} pairs taps one to one, but the student has {len(student)} "
+            f"taps and the teacher {len(teacher)}. Pass student_taps/"
+            "teacher_taps lists of equal length."
+        )
+    return list(zip(student, teacher))
+
+
 def check_non_negative(**values):
     """Raises a ValueError naming each hyperparameter that is negative."""
     for name, value in values.items():

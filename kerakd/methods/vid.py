@@ -8,7 +8,9 @@ from keras import ops
 
 from kerakd import losses
 from kerakd import methods
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.base import (
+    Method, MethodOutput, check_non_negative, check_paired_taps, check_positive,
+)
 
 
 def _pool_factor(size, target, side):
@@ -93,17 +95,11 @@ class VID(Method):
 
     def build(self, spec):
         super().build(spec)
-        student, teacher = spec.student["features"], spec.teacher["features"]
-        if len(student) != len(teacher):
-            raise ValueError(
-                f"VID pairs taps one to one, but the student has {len(student)} "
-                f"taps and the teacher {len(teacher)}. Pass student_taps/"
-                "teacher_taps lists of equal length."
-            )
+        pairs = check_paired_taps("VID", spec)
         # softplus(log_scale) + min_variance == init_variance.
         log_scale = math.log(math.expm1(self.init_variance - self.min_variance))
         self.regressors, self.log_scales = [], []
-        for i, (s_shape, t_shape) in enumerate(zip(student, teacher)):
+        for i, (s_shape, t_shape) in enumerate(pairs):
             s_shape, t_shape = self._matched_shapes(s_shape, t_shape, i)
             channels = t_shape[-1]
             regressor = keras.Sequential(

@@ -21,14 +21,21 @@ def batch_norm(name=None):
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
-def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
-    """A bias-free convolution with PyTorch's symmetric `padding=k//2`."""
+def _pytorch_padding(x, kernel_size, strides, name):
+    """Pads `x` as PyTorch's `padding=k//2` would; returns (x, Keras padding).
+
+    Stride 1 "same" already pads symmetrically; a strided conv pads by hand.
+    """
     pad = kernel_size // 2
     if strides > 1 and pad:
         x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad" if name else None)(x)
-        padding = "valid"
-    else:
-        padding = "same"
+        return x, "valid"
+    return x, "same"
+
+
+def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
+    """A bias-free convolution with PyTorch's symmetric `padding=k//2`."""
+    x, padding = _pytorch_padding(x, kernel_size, strides, name)
     return keras.layers.Conv2D(
         filters,
         kernel_size,
@@ -43,12 +50,7 @@ def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
 
 def depthwise_conv(x, kernel_size=3, strides=1, name=None):
     """A bias-free depthwise convolution with PyTorch's symmetric padding."""
-    pad = kernel_size // 2
-    if strides > 1 and pad:
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad" if name else None)(x)
-        padding = "valid"
-    else:
-        padding = "same"
+    x, padding = _pytorch_padding(x, kernel_size, strides, name)
     return keras.layers.DepthwiseConv2D(
         kernel_size,
         strides=strides,
