@@ -205,7 +205,9 @@ class Distiller(keras.Model):
         }
         self.value_trackers = {n: keras.metrics.Mean(name=n) for n in names["metrics"]}
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.val_ce_tracker = keras.metrics.Mean(name="ce")
+        # Validation reports the student's `ce`: one tracker per name, or Keras
+        # reads the wrong one back.
+        self.val_ce_tracker = self.term_trackers.get("ce") or keras.metrics.Mean(name="ce")
 
     def _output_names(self, spec):
         """Names of the method's terms, extra predictions and metrics, read
@@ -403,7 +405,7 @@ class Distiller(keras.Model):
             return super().metrics
         return [
             self.loss_tracker,
-            self.val_ce_tracker,
+            *([] if self.val_ce_tracker in self.term_trackers.values() else [self.val_ce_tracker]),
             *self.term_trackers.values(),
             *self.accuracy_trackers.values(),
             *self.value_trackers.values(),

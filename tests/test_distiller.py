@@ -167,8 +167,10 @@ def test_student_is_plain_and_method_parts_are_not_in_it(teacher, student):
 
 def test_plain_training_needs_no_teacher(student):
     distiller = compiled(kerakd.Distiller(student, "none"))
-    logs = distiller.fit(make_dataset(), epochs=1, verbose=0).history
-    assert set(logs) == {"loss", "ce", "accuracy"}
+    logs = distiller.fit(make_dataset(), epochs=1, verbose=0, validation_data=make_dataset()).history
+    assert set(logs) == {"loss", "ce", "accuracy", "val_loss", "val_ce", "val_accuracy"}
+    # Validation `ce` is the student's cross-entropy, not a stale tracker.
+    assert logs["val_ce"][0] > 0 and logs["val_ce"][0] == logs["val_loss"][0]
 
 
 def test_errors_name_the_problem(teacher, student):

@@ -66,6 +66,10 @@ def relu(x, name=None):
 
 
 def classifier(x, num_classes):
-    """Global average pool (`pool`, the penultimate tap) -> Dense `logits`."""
+    """Global average pool (`pool`, the penultimate tap) -> Dense `logits`.
+
+    The logits are float32 under a mixed-precision policy (Keras's advice for
+    the last layer), so exported students predict in full precision.
+    """
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
