@@ -1,0 +1,43 @@
+"""Reader of the IDX files that MNIST and Fashion-MNIST are distributed in."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+_UNSIGNED_BYTE = 0x08
+
+
+def read_idx(path):
+    """Reads an IDX file of unsigned bytes (optionally gzipped) into NumPy.
+
+    Args:
+        path: e.g. `train-images-idx3-ubyte.gz`; a name ending in `.gz` is
+            decompressed.
+
+    Returns:
+        A `uint8` array shaped as the file's header says, e.g.
+        `(60000, 28, 28)` for images and `(60000,)` for labels.
+
+    Example:
+
+    >>> labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as file:
+        content = file.read()
+    zeros, dtype, ndim = struct.unpack(">HBB", content[:4])
+    if zeros != 0 or dtype != _UNSIGNED_BYTE:
+        raise ValueError(
+            f"{os.fspath(path)} is not an IDX file of unsigned bytes "
+            f"(header {content[:4].hex()}); expected 0000 08 0N."
+        )
+    shape = struct.unpack(f">{ndim}I", content[4:4 + 4 * ndim])
+    body = np.frombuffer(content, np.uint8, offset=4 + 4 * ndim)
+    if body.size != np.prod(shape):
+        raise ValueError(
+            f"{os.fspath(path)} holds {body.size} bytes of data but its header "
+            f"announces shape {shape}; the file is truncated or corrupt."
+        )
+    return body.reshape(shape)

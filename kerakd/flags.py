@@ -1,0 +1,371 @@
+"""Flags of `kerakd-train`, with one flag per hyperparameter of every method.
+
+Each registered method's constructor arguments become `--<method>_<argument>`
+flags (`--kd_temperature`, `--fitnet_hint_stage`), typed by their defaults
+(bool, int, float, str; lists and tuples as comma lists; other defaults as
+Python literals), with the help text of the method docstring's Args section.
+Only the chosen method's flags may be set.
+
+Example:
+
+>>> flag_values = kerakd.flags.parse(["kerakd-train", "--flagfile=configs/kd.flags"])
+>>> kerakd.flags.check_flags(flag_values)
+>>> kerakd.flags.method_hparams(flag_values)      # {"kd": {"temperature": 4.0}}
+"""
+
+import ast
+import inspect
+import os
+import re
+
+from absl import app
+from absl import flags
+
+from kerakd import methods
+from kerakd import models
+from kerakd import taps
+from kerakd.data import AUGMENTATIONS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def _define_core_flags(flag_values):
+    """Defines the flags that do not depend on the registered methods."""
+
+    def define(kind, name, default, help, **kwargs):
+        getattr(flags, f"DEFINE_{kind}")(
+            name, default, help=help, flag_values=flag_values, module_name=__name__,
+            **kwargs)
+
+    # The defaults are the CIFAR-100 recipe of the papers (baselines.md).
+    define("string", "method", "none", "Distillation method: " + ", ".join(
+        methods.available()) + "; 'a+b' trains several together. 'none' "
+        "trains a model alone (how teachers are made).")
+    define("string", "teacher", None, "Trained teacher: a .keras file of a "
+                        "model `images -> logits` (e.g. an earlier run's student.keras).")
+    define("string", "student", "resnet8x4", "Student: a zoo model, one of "
+                        + ", ".join(models.available()) + ".")
+    define("string", "dataset", "cifar100", "fashion_mnist, cifar10, cifar100, "
+                        "imagenet2012, synthetic, tfds:<name> or folder:<path>.")
+    define("string", "data_dir", None, "Fashion-MNIST's IDX directory, or the "
+                        "tfds data directory (default ~/tensorflow_datasets).")
+    define("integer", "image_size", None, "Side of the images the models read "
+                         "(default: the dataset's own; 224 for variable sizes).",
+                         lower_bound=1)
+    define("integer", "epochs", 240, "Training epochs.", lower_bound=1)
+    define("integer", "batch_size", 64, "Global batch size (split over replicas).",
+                         lower_bound=1)
+    define("integer", "steps_per_epoch", None, "Cap on the steps of an epoch "
+                         "(default: one pass over the training set).", lower_bound=1)
+    define("enum", "optimizer", "sgd", "Optimizer.", enum_values=OPTIMIZERS)
+    define("float", "learning_rate", 0.05, "Initial learning rate.", lower_bound=0)
+    define("list", "lr_milestones", ["150", "180", "210"], "Epochs at which the "
+                      "learning rate is multiplied by --lr_decay (comma list; empty: none).")
+    define("float", "lr_decay", 0.1, "Factor applied at each milestone.", lower_bound=0)
+    define("integer", "warmup_epochs", 0, "Epochs of linear learning-rate warm-up.",
+                         lower_bound=0)
+    define("float", "momentum", 0.9, "SGD momentum (--optimizer=sgd).", lower_bound=0)
+    define("boolean", "nesterov", False, "Nesterov momentum (--optimizer=sgd).")
+    define("float", "weight_decay", 5e-4, "L2 weight decay as PyTorch applies it: "
+                       "added to the gradient (coupled) for sgd and adam, decoupled "
+                       "for adamw.", lower_bound=0)
+    define("string", "model_dir", None, "Output directory: student.keras, "
+                        "best.keras, results.json, logs/ (TensorBoard), checkpoints/. "
+                        "Rerunning the same command resumes a killed run.",
+           required=True)
+    define("integer", "seed", 0, "Random seed.")
+    define("enum", "strategy", "default", "tf.distribute strategy: one device, all "
+           "local GPUs (mirrored) or TF_CONFIG's workers.", enum_values=STRATEGIES)
+    define("integer", "num_logical_cpus", None, "Split the CPU into this many "
+                         "logical devices (to try --strategy=mirrored without GPUs).",
+                         lower_bound=1)
+    define("boolean", "mixed_precision", False, "Compute in mixed_float16 on GPU, "
+                         "mixed_bfloat16 on CPU.")
+    define("boolean", "jit_compile", False, "Compile steps with XLA (slower on CPU).")
+    define("enum", "augment", "standard", "Augmentation: none, standard (the papers' "
+           "crop + flip), mixup or cutmix (standard then batch mixing, soft labels).",
+           enum_values=AUGMENTATIONS)
+    define("float", "mix_alpha", 1.0, "Beta(alpha, alpha) of the mixing ratio "
+                       "(--augment=mixup or cutmix).", lower_bound=0)
+    define("list", "student_taps", None, "Student layers the method reads, shallow "
+                      "to deep (comma list; a tap kind such as 'stages'; or "
+                      "role:layer items for methods with several roles).")
+    define("list", "teacher_taps", None, "The same for the teacher.")
+
+
+def docstring_args(docstring):
+    """`{argument: description}` from a Google-style docstring's Args section.
+
+    Example:
+
+    >>> docstring_args(kerakd.methods.registry.factory("kd").__doc__)["temperature"]
+    'T (default 4).'
+    """
+    found, current, indent = {}, None, None
+    in_args = False
+    for line in inspect.cleandoc(docstring or "").splitlines():
+        if line.strip() in ("Args:", "Arguments:"):
+            in_args, indent = True, None
+            continue
+        if not in_args:
+            continue
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        depth = len(line) - len(line.lstrip())
+        match = re.match(r"(\w+)(?: \(.*?\))?:\s*(.*)", line.strip())
+        if match and (indent is None or depth == indent):
+            indent, current = depth, match.group(1)
+            found[current] = match.group(2)
+        elif current and line.strip():
+            found[current] += " " + line.strip()
+    return found
+
+
+def method_arguments(name):
+    """`{argument: default}` of method `name`'s constructor (`inspect.Parameter.empty`
+    when it has none)."""
+    parameters = inspect.signature(methods.registry.factory(name)).parameters
+    return {
+        p.name: p.default for p in parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _define_method_flags(flag_values):
+    for name in methods.available():
+        factory = methods.registry.factory(name)
+        docs = docstring_args(factory.__doc__)
+        for argument, default in method_arguments(name).items():
+            flag = f"{name}_{argument}"
+            if flag in flag_values:
+                raise ValueError(
+                    f"Method '{name}' argument '{argument}' makes flag --{flag}, "
+                    "which already exists; rename the method or the argument."
+                )
+            text = f"[{name}] {docs.get(argument, argument)}"
+            default = None if default is inspect.Parameter.empty else default
+            kwargs = dict(default=default, help=text, flag_values=flag_values,
+                          module_name=__name__)
+            if isinstance(default, bool):
+                flags.DEFINE_boolean(flag, **kwargs)
+            elif isinstance(default, int):
+                flags.DEFINE_integer(flag, **kwargs)
+            elif isinstance(default, float):
+                flags.DEFINE_float(flag, **kwargs)
+            elif isinstance(default, str):
+                flags.DEFINE_string(flag, **kwargs)
+            elif isinstance(default, (list, tuple)):
+                kwargs["default"] = [str(v) for v in default]
+                flags.DEFINE_list(flag, **kwargs)
+            else:
+                kwargs["default"] = None if default is None else repr(default)
+                kwargs["help"] += " (a Python literal)"
+                flags.DEFINE_string(flag, **kwargs)
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines every flag of `kerakd-train` in `flag_values`."""
+    _define_core_flags(flag_values)
+    _define_method_flags(flag_values)
+
+
+def parse(argv):
+    """A fresh `FlagValues` with every flag defined and `argv` parsed.
+
+    Args:
+        argv: a command line, program name first
+            (`["kerakd-train", "--method=kd", ...]`); `--flagfile=` works.
+
+    Raises:
+        absl.flags.Error: an unknown flag or a bad value (the message names it).
+    """
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(list(argv))
+    return flag_values
+
+
+def method_names(method):
+    """The registered names in a `--method` value (`"fitnet+crd"` -> both)."""
+    return [name.strip() for name in method.split("+")]
+
+
+def _method_flag_owner(flag_values):
+    """`{flag name: (method, argument)}` of every method flag."""
+    owners = {}
+    for name in methods.available():
+        for argument in method_arguments(name):
+            owners[f"{name}_{argument}"] = (name, argument)
+    return {f: owner for f, owner in owners.items() if f in flag_values}
+
+
+def _method_value(flag, default):
+    """A method flag's value in the type of the constructor's default."""
+    value = flag.value
+    if isinstance(default, (list, tuple)):
+        item_type = type(default[0]) if default else str
+        value = type(default)(item_type(v) for v in value)
+    elif not isinstance(default, (bool, int, float, str)):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+    return value
+
+
+def method_hparams(flag_values):
+    """`{method: {argument: value}}` of the method flags set on the command line.
+
+    Unset flags are left out, so each method keeps its own defaults.
+    """
+    hparams = {name: {} for name in method_names(flag_values.method)}
+    for flag, (name, argument) in _method_flag_owner(flag_values).items():
+        if flag_values[flag].present and name in hparams:
+            default = method_arguments(name)[argument]
+            try:
+                hparams[name][argument] = _method_value(flag_values[flag], default)
+            except (TypeError, ValueError) as error:
+                raise app.UsageError(f"--{flag}: {error}") from error
+    return hparams
+
+
+def parse_taps(values):
+    """A `--student_taps`/`--teacher_taps` list as the Distiller takes it.
+
+    `["stages"]` -> `"stages"` (a tap kind); `["a", "b"]` -> a list of layer
+    names; `["features:a", "embed:b"]` -> `{"features": ["a"], "embed": ["b"]}`.
+    """
+    if not values:
+        return None
+    if any(":" in v for v in values):
+        by_role = {}
+        for value in values:
+            role, sep, layer = value.partition(":")
+            if not sep or not role or not layer:
+                raise ValueError(f"'{value}' is not role:layer; write every item so.")
+            by_role.setdefault(role, []).append(layer)
+        return by_role
+    if len(values) == 1 and values[0] in taps.TAP_KINDS:
+        return values[0]
+    return list(values)
+
+
+def lr_milestones(flag_values):
+    """`--lr_milestones` as increasing ints in (0, epochs)."""
+    try:
+        milestones = [int(m) for m in flag_values.lr_milestones]
+    except ValueError as error:
+        raise app.UsageError(
+            f"--lr_milestones={','.join(flag_values.lr_milestones)}: give epochs "
+            "as whole numbers, e.g. 150,180,210."
+        ) from error
+    if milestones != sorted(set(milestones)) or any(
+            not 0 < m < flag_values.epochs for m in milestones):
+        raise app.UsageError(
+            f"--lr_milestones={','.join(map(str, milestones))} must be increasing "
+            f"epochs between 1 and --epochs - 1 ({flag_values.epochs - 1}); pass "
+            "--lr_milestones= (empty) for a constant learning rate."
+        )
+    return milestones
+
+
+def requires_teacher(method):
+    """Whether `--method` (possibly `a+b`) distills from a teacher."""
+    return any(methods.registry.factory(n).requires_teacher for n in method_names(method))
+
+
+def check_flags(flag_values):
+    """Checks flag combinations before any work; reads no file.
+
+    Raises:
+        absl.app.UsageError: naming the offending flag and the fix.
+    """
+    fv = flag_values
+    for name in method_names(fv.method):
+        try:
+            methods.registry.factory(name)
+        except ValueError as error:
+            raise app.UsageError(f"--method={fv.method}: {error}") from None
+    chosen = method_names(fv.method)
+    for flag, (name, _) in sorted(_method_flag_owner(fv).items()):
+        if fv[flag].present and name not in chosen:
+            raise app.UsageError(
+                f"--{flag} is a flag of method '{name}', but --method={fv.method}. "
+                f"Remove it, or use --method={name}."
+            )
+    method_hparams(fv)
+    if fv.student not in models.available():
+        raise app.UsageError(
+            f"--student={fv.student}: not a zoo model. Available: {models.available()}."
+        )
+    if requires_teacher(fv.method) and not fv.teacher:
+        raise app.UsageError(
+            f"--method={fv.method} distills from a teacher: pass --teacher=<model.keras> "
+            "(train one with --method=none; its student.keras is the teacher)."
+        )
+    if not requires_teacher(fv.method) and fv.teacher:
+        raise app.UsageError(
+            f"--teacher is set, but --method={fv.method} trains without a teacher. "
+            "Remove --teacher, or choose a distillation method."
+        )
+    if fv.teacher_taps and not fv.teacher:
+        raise app.UsageError("--teacher_taps is set but there is no --teacher.")
+    for side in ("student_taps", "teacher_taps"):
+        try:
+            parse_taps(fv[side].value)
+        except ValueError as error:
+            raise app.UsageError(f"--{side}: {error}") from None
+    lr_milestones(fv)
+    if fv.warmup_epochs >= fv.epochs:
+        raise app.UsageError(
+            f"--warmup_epochs={fv.warmup_epochs} must be smaller than --epochs={fv.epochs}."
+        )
+    for flag in ("momentum", "nesterov"):
+        if fv[flag].present and fv.optimizer != "sgd":
+            raise app.UsageError(
+                f"--{flag} applies to --optimizer=sgd only (got --optimizer={fv.optimizer})."
+            )
+    if fv["mix_alpha"].present and fv.augment not in ("mixup", "cutmix"):
+        raise app.UsageError(
+            f"--mix_alpha applies to --augment=mixup or cutmix (got --augment={fv.augment})."
+        )
+    if fv.num_logical_cpus and fv.strategy == "default":
+        raise app.UsageError(
+            "--num_logical_cpus splits the CPU for a distribution strategy: add "
+            "--strategy=mirrored, or remove --num_logical_cpus."
+        )
+
+
+def check_files(flag_values):
+    """Checks the `--teacher` file (`--data_dir` may be a new tfds directory).
+
+    Raises:
+        absl.app.UsageError: naming the flag.
+    """
+    teacher = flag_values.teacher
+    if teacher and not os.path.isfile(teacher):
+        raise app.UsageError(
+            f"--teacher={teacher}: no such file. Pass a model saved as .keras, e.g. "
+            "runs/<teacher run>/student.keras."
+        )
+    if teacher and not teacher.endswith(".keras"):
+        raise app.UsageError(f"--teacher={teacher}: expected a .keras file.")
+
+
+def flag_dict(flag_values):
+    """`{name: value}` of kerakd's flags, but the other methods' (for results.json)."""
+    owners = _method_flag_owner(flag_values)
+    chosen = method_names(flag_values.method)
+    return {
+        f.name: f.value for f in flag_values.get_flags_for_module(__name__)
+        if f.name not in owners or owners[f.name][0] in chosen
+    }
+
+
+def flagfile_lines(flag_values):
+    """The kerakd flags that differ from their defaults, as sorted flagfile lines."""
+    return sorted(
+        f.serialize() for f in flag_values.get_flags_for_module(__name__)
+        if f.value != f.default
+    )
