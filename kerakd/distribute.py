@@ -42,3 +42,36 @@ def step_results(results):
     if not is_multi_worker():
         return results
     return {name: tf.reshape(value, (1,)) for name, value in results.items()}
+
+
+def synchronize_batchnorm(model):
+    """A copy of `model` whose BatchNorm layers synchronize across replicas.
+
+    By default each replica normalizes with its own batch statistics (as
+    PyTorch DDP without SyncBN); synchronized BatchNorm uses the statistics of
+    the global batch, which helps when per-replica batches are small. The copy
+    holds the same weights; it is a plain Keras model (`synchronized=True` is a
+    core BatchNormalization option), so it saves and loads without kerakd.
+
+    Args:
+        model: a functional Keras model.
+
+    Returns:
+        A new functional model.
+
+    Example:
+
+    >>> with strategy.scope():
+    ...     student = synchronize_batchnorm(kerakd.models.get("resnet8x4"))
+    """
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    synchronized = keras.models.clone_model(model, clone_function=clone)
+    synchronized.set_weights(model.get_weights())
+    return synchronized

@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kerakd  # noqa: E402
+from kerakd.distribute import synchronize_batchnorm  # noqa: E402
 
 NUM_CLASSES, SHAPE, HALF = 5, (16, 16, 3), 8
 LEARNING_RATE, WEIGHT_DECAY = 0.1, 5e-4
@@ -42,10 +43,12 @@ REQUIRED = {"crd": {"num_data": 2 * HALF}}
 INITIAL_STATE = {"crd": {"normalizers": [16.0, 16.0]}}
 
 
-def build(name, hparams):
+def build(name, hparams, sync_batchnorm=False):
     keras.utils.set_random_seed(1)
     method = kerakd.methods.get(name, **hparams)
     student = kerakd.models.get("resnet8", NUM_CLASSES, SHAPE)
+    if sync_batchnorm:
+        student = synchronize_batchnorm(student)
     teacher = kerakd.models.get("wrn_16_1", NUM_CLASSES, SHAPE) if method.requires_teacher else None
     distiller = kerakd.Distiller(student, method, teacher, weight_decay=WEIGHT_DECAY)
     distiller.build((HALF, *SHAPE))
@@ -62,9 +65,9 @@ def batch(method, images, labels, index):
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-def mirrored_step(name, hparams, images, labels, index, initial):
+def mirrored_step(name, hparams, images, labels, index, initial, sync_batchnorm=False):
     with STRATEGY.scope():
-        distiller = build(name, hparams)
+        distiller = build(name, hparams, sync_batchnorm)
         distiller.set_weights(initial)
         distiller.compile(keras.optimizers.SGD(LEARNING_RATE))
     ds = tf.data.Dataset.from_tensors(batch(distiller.method, images, labels, index))
@@ -129,12 +132,33 @@ def compare(name):
             "terms": sorted(averaged)}
 
 
+def compare_sync_batchnorm():
+    """With synchronized BatchNorm, 2 replicas step as one device on the whole batch."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    initial = build("kd", {}).get_weights()
+    mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, sync_batchnorm=True)
+    single = build("kd", {})
+    single.set_weights(initial)
+    start = [v.numpy() for v in single.trainable_variables]
+    single.compile(keras.optimizers.SGD(LEARNING_RATE))
+    single_logs = single.fit(tf.data.Dataset.from_tensors((images, labels)), verbose=0).history
+    weight_diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
+                      for a, b in zip(mirrored.trainable_variables, single.trainable_variables))
+    moved = max(float(np.max(np.abs(a.numpy() - w)))
+                for a, w in zip(single.trainable_variables, start))
+    loss_diff = {k: abs(logs[k] - v[0]) / max(1.0, abs(v[0])) for k, v in single_logs.items()}
+    return {"weight_diff": weight_diff, "moved": moved,
+            "relative_weight_diff": weight_diff / max(1.0, moved), "loss_diff": loss_diff}
+
+
 def main():
     out_path, names = sys.argv[1], sys.argv[2:] or kerakd.methods.available()
     results = {}
     for name in names:
         try:
-            results[name] = compare(name)
+            results[name] = compare_sync_batchnorm() if name == "sync_batchnorm" else compare(name)
         except Exception as error:  # reported per method, the test fails on it
             results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
         keras.backend.clear_session()

@@ -21,6 +21,7 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
 HERE = os.path.dirname(__file__)
 METHODS = kerakd.methods.available() + ["kd+at"]
+CHECKS = METHODS + ["sync_batchnorm"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def multi_replica_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("mirrored") / "results.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "multi_replica_step.py"), str(out), *METHODS],
+        [sys.executable, os.path.join(HERE, "multi_replica_step.py"), str(out), *CHECKS],
         capture_output=True, text=True, env=env, timeout=1500,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,6 +44,14 @@ def test_mirrored_step_equals_average_of_half_steps(multi_replica_results, metho
     assert result["moved"] > 1e-3, "the step must change the weights for the check to mean anything"
     # float32 rounding grows with the size of the update (SemCKD's beta 400
     # moves some weights by ~100 in this one step).
+    assert result["relative_weight_diff"] < 1e-5, result
+    assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
+
+
+def test_synchronized_batchnorm_steps_as_one_device_on_the_global_batch(multi_replica_results):
+    result = multi_replica_results["sync_batchnorm"]
+    assert "error" not in result, result.get("error")
+    assert result["moved"] > 1e-3
     assert result["relative_weight_diff"] < 1e-5, result
     assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
 
@@ -103,3 +112,20 @@ def test_mixed_precision_trains_with_float32_losses(bfloat16_policy, method):
     assert all(v.dtype == "float32" for v in out.losses.values())
     # Variables stay float32 (the optimizer updates full-precision weights).
     assert all(v.dtype == "float32" for v in student.trainable_variables)
+
+
+def test_synchronize_batchnorm_keeps_weights_and_outputs(tmp_path):
+    from kerakd.distribute import synchronize_batchnorm
+
+    model = kerakd.models.get("resnet8", NUM_CLASSES, IMAGE_SHAPE)
+    synced = synchronize_batchnorm(model)
+    norms = [l for l in synced.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms and all(l.synchronized for l in norms)
+    images = make_dataset().take(1).get_single_element()[0]
+    np.testing.assert_allclose(synced(images, training=False), model(images, training=False), rtol=1e-5)
+    # Distills, and saves as a plain Keras model.
+    distiller = kerakd.Distiller(synced, "kd", kerakd.models.get("wrn_16_1", NUM_CLASSES, IMAGE_SHAPE))
+    distiller.compile(keras.optimizers.SGD(0.05))
+    assert np.isfinite(distiller.fit(make_dataset(), epochs=1, verbose=0).history["loss"][0])
+    synced.save(tmp_path / "synced.keras")
+    assert keras.models.load_model(tmp_path / "synced.keras").count_params() == model.count_params()
