@@ -67,3 +67,17 @@ def test_wrn_taps_follow_semckd_and_afd_conventions():
 def test_unknown_model_name_suggests():
     with pytest.raises(ValueError, match="Did you mean.*resnet8x4"):
         kerakd.models.get("resnet8x8")
+
+
+def test_equal_shaped_kernels_start_different_and_follow_the_global_seed():
+    # A shared initializer instance would hold one seed and give every
+    # equal-shaped conv the same kernel.
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = kerakd.models.get("resnet20", 10)
+    first = model.get_layer("s1b1_conv1").kernel.numpy()
+    assert not np.array_equal(first, model.get_layer("s1b2_conv1").kernel.numpy())
+    keras.utils.set_random_seed(3)
+    again = kerakd.models.get("resnet20", 10).get_layer("s1b1_conv1").kernel.numpy()
+    np.testing.assert_array_equal(first, again)

@@ -12,9 +12,13 @@ name the classifier `logits` (see `kerakd.taps`).
 
 import keras
 
-CONV_INIT = keras.initializers.VarianceScaling(
-    scale=2.0, mode="fan_out", distribution="untruncated_normal"
-)
+def conv_init():
+    """He-normal over fan-out, a new one per layer: an initializer made once
+    and shared would hold one integer seed, drawn at import (before any
+    `keras.utils.set_random_seed`), and give equal-shaped kernels equal values."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
 
 
 def batch_norm(name=None):
@@ -43,7 +47,7 @@ def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
         padding=padding,
         use_bias=False,
         groups=groups,
-        kernel_initializer=CONV_INIT,
+        kernel_initializer=conv_init(),
         name=name,
     )(x)
 
@@ -56,7 +60,7 @@ def depthwise_conv(x, kernel_size=3, strides=1, name=None):
         strides=strides,
         padding=padding,
         use_bias=False,
-        depthwise_initializer=CONV_INIT,
+        depthwise_initializer=conv_init(),
         name=name,
     )(x)
 

@@ -42,7 +42,7 @@ def conv_group(x, widths, name, output_name=None):
     for j, filters in enumerate(widths, start=1):
         # Stride 1 throughout, so Keras "same" equals PyTorch's padding=1.
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer=L.CONV_INIT,
+            filters, 3, padding="same", kernel_initializer=L.conv_init(),
             name=f"{name}_conv{j}",
         )(x)
         x = L.batch_norm(f"{name}_bn{j}")(x)
