@@ -1,5 +1,7 @@
 """`Distiller`: a `keras.Model` that trains a student with a distillation method."""
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -75,6 +77,78 @@ def _check_logits_model(model, side):
         )
 
 
+NAN_POLICIES = ("stop", "skip_batch")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term was NaN or Inf during training (`nan_policy="stop"`)."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` after the first batch whose loss is NaN or Inf.
+
+    The Distiller's trackers average over the epoch, so the first non-finite
+    batch turns its term's average non-finite: that batch is the one named.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        values = {n: float(keras.ops.convert_to_numpy(v)) for n, v in (logs or {}).items()
+                  if n == "loss" or n in self.model.term_trackers}
+        bad = {n: v for n, v in values.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        # Name the terms at fault; `loss` alone only if their sum overflowed.
+        terms = {n: v for n, v in bad.items() if n != "loss"} or bad
+        described = ", ".join(f"'{n}' is {v}" for n, v in terms.items())
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        raise NonFiniteLossError(
+            f"Loss term {described} at training step {step} (epoch {self._epoch + 1}, "
+            f"batch {batch + 1}); training stopped. Lower the learning rate or check "
+            "the data, or skip such batches with nan_policy='skip_batch' "
+            "(--nan_policy=skip_batch)."
+        )
+
+
+def _on_every_replica(flag):
+    """True if `flag` holds on every replica (the same value on each)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return flag
+    failing = context.all_reduce("SUM", 1 - ops.cast(flag, "int32"))  # no MIN op
+    return ops.equal(failing, 0)
+
+
+def _apply_if(condition, apply):
+    """Runs `apply()` (an optimizer update) only if `condition`, a value
+    equal on every replica.
+
+    An update may sync replicas with `merge_call`, which a `cond` in replica
+    context cannot hold; the `cond` then runs in cross-replica context, as
+    Keras's `LossScaleOptimizer` does.
+    """
+    def update():
+        apply()  # `cond` branches must return alike: nothing
+
+    if distribute.num_replicas() == 1 or (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()):
+        ops.cond(condition, update, lambda: None)
+        return
+
+    def cross_replica(strategy, condition):
+        condition = strategy.experimental_local_results(condition)[0]
+        ops.cond(condition, lambda: strategy.extended.call_for_each_replica(update),
+                 lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
+def _all_finite(tensors):
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
+
+
 @keras.saving.register_keras_serializable(package="kerakd")
 class Distiller(keras.Model):
     """Trains `student` from a frozen `teacher` (or from itself) with `method`.
@@ -103,6 +177,10 @@ class Distiller(keras.Model):
             variable (student and method) before the optimizer step: PyTorch's
             SGD `weight_decay`, which the papers' recipes use. Keras optimizers'
             own `weight_decay` is decoupled (AdamW-style) and differs.
+        nan_policy: what a NaN or Inf loss term does in training: `"stop"`
+            (`fit` raises `NonFiniteLossError` naming the term and the step)
+            or `"skip_batch"` (that batch changes no weight and no optimizer
+            state; the `skipped_batches` metric counts such batches).
 
     Example:
 
@@ -124,9 +202,12 @@ class Distiller(keras.Model):
         student_taps=None,
         teacher_taps=None,
         weight_decay=0.0,
+        nan_policy="stop",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"`nan_policy` must be one of {NAN_POLICIES}, got '{nan_policy}'.")
         if isinstance(method, str):
             method = methods_lib.get(method)
         if not isinstance(method, Method):
@@ -152,6 +233,7 @@ class Distiller(keras.Model):
         self.student_taps = student_taps
         self.teacher_taps = teacher_taps
         self.weight_decay = float(weight_decay)
+        self.nan_policy = nan_policy
         self._student_net = _Tapped.of(student, method.student_taps, student_taps, "student")
         self._teacher_net = None
         if teacher is not None:
@@ -205,6 +287,8 @@ class Distiller(keras.Model):
         }
         self.value_trackers = {n: keras.metrics.Mean(name=n) for n in names["metrics"]}
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.skipped_tracker = (keras.metrics.Sum(name="skipped_batches")
+                                if self.nan_policy == "skip_batch" else None)
         # Validation reports the student's `ce`: one tracker per name, or Keras
         # reads the wrong one back.
         self.val_ce_tracker = self.term_trackers.get("ce") or keras.metrics.Mean(name="ce")
@@ -342,6 +426,13 @@ class Distiller(keras.Model):
         self._ensure_built(images)
         teacher = self._forward_teacher(images) if self._teacher_net else None
         variables = self.trainable_variables
+        # What the forward pass itself updates (BatchNorm statistics, memory
+        # banks): a skipped batch puts it back, to leave no trace at all.
+        forward_state = []
+        if self.nan_policy == "skip_batch":
+            forward_state = [*self.student.non_trainable_variables,
+                             *self.method.non_trainable_variables]
+        state_before = [ops.copy(v) for v in forward_state]  # read now, not at use
         with tf.GradientTape() as tape:
             out = self._method_output(images, labels, True, index, teacher)
             total = self._total_loss(out.losses)
@@ -350,27 +441,43 @@ class Distiller(keras.Model):
                 distribute.scale_for_replicas(objective)
             )
         gradients = tape.gradient(objective, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_train_metrics(out, total, labels)
+        if self.nan_policy == "stop":
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return self._update_train_metrics(out, total, labels)
+        finite = _on_every_replica(_all_finite(
+            [total, *out.losses.values(), *(g for g in gradients if g is not None)]))
+        _apply_if(finite, lambda: self.optimizer.apply_gradients(zip(gradients, variables)))
+        for variable, before in zip(forward_state, state_before):
+            variable.assign(ops.where(finite, variable, before))
+        # Every replica counts the batch; their counts are summed.
+        self.skipped_tracker.update_state(
+            distribute.scale_for_replicas(1 - ops.cast(finite, "float32")))
+        return self._update_train_metrics(out, total, labels, finite)
 
-    def _update_train_metrics(self, out, total, labels):
-        batch = ops.shape(labels)[0]
-        self.loss_tracker.update_state(total, sample_weight=batch)
+    def _update_train_metrics(self, out, total, labels, finite=None):
+        """Updates the training trackers; a batch with `finite` False counts
+        for none of them (its values may be NaN)."""
+        batch = ops.cast(ops.shape(labels)[0], "float32")
+        weight = batch if finite is None else batch * ops.cast(finite, "float32")
+
+        def update(tracker, value):
+            if finite is not None:
+                value = ops.where(finite, value, ops.zeros_like(value))
+            tracker.update_state(value, sample_weight=weight)
+
+        update(self.loss_tracker, total)
         for name, value in out.losses.items():
-            self.term_trackers[name].update_state(value, sample_weight=batch)
+            update(self.term_trackers[name], value)
         student_logits = out.logits.pop("_student")
-        self.accuracy_trackers["accuracy"].update_state(
-            losses.accuracy(labels, student_logits), sample_weight=batch
-        )
+        update(self.accuracy_trackers["accuracy"], losses.accuracy(labels, student_logits))
         for name, logits in out.logits.items():
-            self.accuracy_trackers[f"{name}_accuracy"].update_state(
-                losses.accuracy(labels, logits), sample_weight=batch
-            )
+            update(self.accuracy_trackers[f"{name}_accuracy"], losses.accuracy(labels, logits))
         for name, value in out.metrics.items():
-            self.value_trackers[name].update_state(value, sample_weight=batch)
-        self._update_compile_metrics(labels, student_logits)
+            update(self.value_trackers[name], value)
+        self._update_compile_metrics(labels, student_logits, weight / batch)
         trackers = [self.loss_tracker, *self.term_trackers.values(),
-                    *self.accuracy_trackers.values(), *self.value_trackers.values()]
+                    *self.accuracy_trackers.values(), *self.value_trackers.values(),
+                    *([self.skipped_tracker] if self.skipped_tracker else [])]
         return self._results(trackers)
 
     def test_step(self, data):
@@ -389,9 +496,11 @@ class Distiller(keras.Model):
             [self.loss_tracker, self.val_ce_tracker, self.accuracy_trackers["accuracy"]]
         )
 
-    def _update_compile_metrics(self, labels, logits):
+    def _update_compile_metrics(self, labels, logits, weight=None):
         if self._compile_metrics is not None:
-            self._compile_metrics.update_state(losses.hard_labels(labels), logits)
+            if weight is not None:
+                weight = weight * ops.ones_like(logits[:, 0])
+            self._compile_metrics.update_state(losses.hard_labels(labels), logits, weight)
 
     def _results(self, trackers):
         results = {m.name: m.result() for m in trackers}
@@ -409,8 +518,16 @@ class Distiller(keras.Model):
             *self.term_trackers.values(),
             *self.accuracy_trackers.values(),
             *self.value_trackers.values(),
+            *([self.skipped_tracker] if self.skipped_tracker else []),
             *([self._compile_metrics] if self._compile_metrics is not None else []),
         ]
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`; with `nan_policy="stop"` it raises
+        `NonFiniteLossError` after the first batch with a NaN or Inf loss."""
+        if self.nan_policy == "stop":
+            callbacks = [*(callbacks or []), StopOnNonFiniteLoss()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -- saving -----------------------------------------------------------
 
@@ -424,6 +541,7 @@ class Distiller(keras.Model):
             student_taps=self.student_taps,
             teacher_taps=self.teacher_taps,
             weight_decay=self.weight_decay,
+            nan_policy=self.nan_policy,
         )
         return config
 

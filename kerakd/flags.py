@@ -27,6 +27,7 @@ from kerakd import taps
 from kerakd.data import AUGMENTATIONS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+NAN_POLICIES = ("stop", "skip_batch")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -75,6 +76,14 @@ def _define_core_flags(flag_values):
                         "Rerunning the same command resumes a killed run.",
            required=True)
     define("integer", "seed", 0, "Random seed.")
+    define("boolean", "deterministic", False, "Deterministic ops (slower; tfds "
+           "files are read in order): the same command gives bit-identical "
+           "results, and a killed run resumes exactly.")
+    define("enum", "nan_policy", "stop", "On a NaN or Inf loss: stop (exit with an "
+           "error; the last checkpoint is kept) or skip_batch (apply no update for "
+           "that batch; counted as skipped_batches).", enum_values=NAN_POLICIES)
+    define("boolean", "overwrite", False, "Start over in a --model_dir that holds "
+           "a run: move that run aside to <model_dir>.replaced-<time>.")
     define("enum", "strategy", "default", "tf.distribute strategy: one device, all "
            "local GPUs (mirrored) or TF_CONFIG's workers.", enum_values=STRATEGIES)
     define("integer", "num_logical_cpus", None, "Split the CPU into this many "
@@ -182,8 +191,33 @@ def parse(argv):
     """
     flag_values = flags.FlagValues()
     define_flags(flag_values)
-    flag_values(list(argv))
+    try:
+        flag_values(list(argv))
+    except flags.UnrecognizedFlagError as error:
+        flagfile = _flagfile_setting(error.flagname, argv)
+        if flagfile is None:
+            raise
+        raise flags.Error(f"{flagfile}: {error}") from error
     return flag_values
+
+
+def _flagfile_setting(flag_name, argv):
+    """The flagfile in `argv` (or nested in one) that sets `--flag_name`, or None."""
+    for arg in argv:
+        if not arg.startswith("--flagfile="):
+            continue
+        path = arg[len("--flagfile="):]
+        try:
+            with open(path) as file:
+                lines = [line.strip() for line in file]
+        except OSError:
+            continue  # absl has reported an unreadable flagfile already
+        if any(re.match(rf"--(no)?{re.escape(flag_name)}(=|$)", line) for line in lines):
+            return path
+        nested = _flagfile_setting(flag_name, lines)
+        if nested:
+            return nested
+    return None
 
 
 def method_names(method):
@@ -330,6 +364,12 @@ def check_flags(flag_values):
         raise app.UsageError(
             f"--mix_alpha applies to --augment=mixup or cutmix (got --augment={fv.augment})."
         )
+    if fv.deterministic and fv.augment in ("mixup", "cutmix"):
+        raise app.UsageError(
+            f"--deterministic cannot make --augment={fv.augment} repeatable (Keras's "
+            "mixing layers draw from a per-process seed state). Use --augment="
+            "standard or none, or drop --deterministic."
+        )
     if fv.num_logical_cpus and fv.strategy == "default":
         raise app.UsageError(
             "--num_logical_cpus splits the CPU for a distribution strategy: add "
@@ -364,8 +404,12 @@ def flag_dict(flag_values):
 
 
 def flagfile_lines(flag_values):
-    """The kerakd flags that differ from their defaults, as sorted flagfile lines."""
+    """The kerakd flags that differ from their defaults, as sorted flagfile lines.
+
+    `--overwrite` is left out: it acts on a directory once, and a flagfile
+    that kept it would move its own run aside instead of resuming it.
+    """
     return sorted(
         f.serialize() for f in flag_values.get_flags_for_module(__name__)
-        if f.value != f.default
+        if f.value != f.default and f.name != "overwrite"
     )

@@ -8,7 +8,9 @@
 model), `best.keras` (the student at its best validation accuracy),
 `results.json`, `run.flags` (this run's flags, a valid flagfile), `logs/`
 (TensorBoard) and `checkpoints/`: the same command run again after a crash
-resumes from the last finished epoch. See `kerakd.flags` for every flag.
+resumes from the last finished epoch (exactly, with `--deterministic`). A NaN
+or Inf loss stops the run with an error (or, with `--nan_policy=skip_batch`,
+skips the batch). See `kerakd.flags` for every flag.
 
 From Python (the quickstart does this):
 
@@ -17,6 +19,8 @@ From Python (the quickstart does this):
 >>> results["best_accuracy"]
 """
 
+import glob
+import hashlib
 import json
 import os
 import time
@@ -31,13 +35,17 @@ from kerakd import flags as kerakd_flags
 from kerakd import methods
 from kerakd import models
 from kerakd.distiller import Distiller
+from kerakd.distiller import NonFiniteLossError
 
 RESULTS = "results.json"
 RUN_FLAGS = "run.flags"
-PROGRESS = "progress.json"
 CHECKPOINTS = "checkpoints"
-# Written by keras.callbacks.BackupAndRestore after each finished epoch.
-CHECKPOINT_EPOCH = os.path.join(CHECKPOINTS, "training_metadata.json")
+# The commit point of a checkpoint: names the epoch, its weights file and the
+# run's progress.
+CHECKPOINT = os.path.join(CHECKPOINTS, "checkpoint.json")
+# Flags a resumed run may change: where it runs, and how it treats NaN
+# batches (the way on after a run stopped on one).
+RESUMABLE_CHANGES = ("model_dir", "overwrite", "nan_policy")
 
 
 def learning_rate_schedule(base, milestones=(), decay=0.1, warmup_epochs=0):
@@ -75,48 +83,90 @@ def _write_json(path, content):
     os.replace(path + ".tmp", path)
 
 
-class RunProgress(keras.callbacks.Callback):
-    """Saves the best student and the run's progress after every epoch.
+def read_checkpoint(model_dir):
+    """The last committed checkpoint of `model_dir` (see `RunProgress`), or None."""
+    path = os.path.join(model_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
 
-    Progress (best and last validation accuracy, wall time) lives in
-    `progress.json`, so a resumed run keeps counting where it stopped.
+
+class RunProgress(keras.callbacks.Callback):
+    """Commits the run's state after every epoch; restores it when resuming.
+
+    After epoch `N` it writes the model's weights (student, method and
+    optimizer state) to `checkpoints/epoch-N.weights.h5`, then commits
+    `checkpoints/checkpoint.json`, which names that file and holds the
+    progress: the per-epoch metrics history, best and last validation
+    accuracy, wall time. The commit is an `os.replace`, so a run killed at
+    any moment leaves a checkpoint whose weights file is complete; older
+    weights files go only after it. `best.keras` (the student at its best
+    validation accuracy) is written after the commit.
 
     Args:
         student: the student model to save when validation accuracy improves.
-        model_dir: where `best.keras` and `progress.json` go.
+        model_dir: the run's directory.
     """
 
     def __init__(self, student, model_dir):
         super().__init__()
         self.student = student
         self.best_path = os.path.join(model_dir, "best.keras")
-        self.path = os.path.join(model_dir, PROGRESS)
+        self.checkpoint_dir = os.path.join(model_dir, CHECKPOINTS)
         self.state = {"epochs_done": 0, "best_accuracy": None, "best_epoch": None,
-                      "final_accuracy": None, "final_metrics": {}, "wall_time_s": 0.0}
-        if os.path.exists(self.path):
-            with open(self.path) as file:
-                self.state.update(json.load(file))
+                      "final_accuracy": None, "final_metrics": {}, "history": [],
+                      "wall_time_s": 0.0}
+        self._committed = read_checkpoint(model_dir)
+        if self._committed:
+            self.state.update(self._committed["progress"])
 
     def on_train_begin(self, logs=None):
         self._start = time.time()
         self._before = self.state["wall_time_s"]
+        if self._committed:
+            if not self.model.optimizer.built:  # its state is in the weights file
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(
+                os.path.join(self.checkpoint_dir, self._committed["weights"]))
+            # A kill between the commit and best.keras left best.keras behind.
+            if self.state["best_epoch"] == self.state["epochs_done"]:
+                self._save_best()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         accuracy = logs.get("val_accuracy")
         best = self.state["best_accuracy"]
-        if accuracy is not None and (best is None or accuracy > best):
-            temporary = os.path.join(os.path.dirname(self.best_path), "best.tmp.keras")
-            self.student.save(temporary)
-            os.replace(temporary, self.best_path)
+        improved = accuracy is not None and (best is None or accuracy > best)
+        if improved:
             self.state.update(best_accuracy=accuracy, best_epoch=epoch + 1)
         self.state.update(
             epochs_done=epoch + 1,
             final_accuracy=accuracy,
             final_metrics=logs,
+            history=[*self.state["history"], logs],
             wall_time_s=self._before + time.time() - self._start,
         )
-        _write_json(self.path, self.state)
+        self._commit(epoch + 1)
+        if improved:
+            self._save_best()
+
+    def _commit(self, epoch):
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        name = f"epoch-{epoch}.weights.h5"
+        temporary = os.path.join(self.checkpoint_dir, f"epoch-{epoch}.tmp.weights.h5")
+        self.model.save_weights(temporary)
+        os.replace(temporary, os.path.join(self.checkpoint_dir, name))
+        _write_json(os.path.join(self.checkpoint_dir, os.path.basename(CHECKPOINT)),
+                    {"epoch": epoch, "weights": name, "progress": self.state})
+        for path in glob.glob(os.path.join(self.checkpoint_dir, "epoch-*.weights.h5")):
+            if os.path.basename(path) != name:
+                os.remove(path)  # older epochs, or a save a crash cut short
+
+    def _save_best(self):
+        temporary = os.path.join(os.path.dirname(self.best_path), "best.tmp.keras")
+        self.student.save(temporary)
+        os.replace(temporary, self.best_path)
 
 
 def _configure_devices(num_logical_cpus):
@@ -163,42 +213,58 @@ def _output_dir(model_dir, strategy):
     return os.path.join(model_dir, "workers", f"{task_type}{resolver.task_id}")
 
 
+def _move_aside(model_dir):
+    """Renames `model_dir` to `<model_dir>.replaced-<time>`; returns the new name."""
+    moved = f"{os.path.normpath(model_dir)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(model_dir, moved)
+    return moved
+
+
 def _claim_model_dir(model_dir, flag_values):
-    """Refuses to overwrite a finished run, or to resume a run with other flags.
+    """Takes `model_dir` for this run: a new run, or the resumption of a killed one.
+
+    A finished run, or a killed run of other flags, is refused; with
+    `--overwrite` it is moved aside (never deleted) and the run starts over.
 
     Returns:
-        The epoch a killed run resumes from (0 for a new run).
+        The epoch a killed run resumes after (0 for a new run).
     """
+    fv = flag_values
+    if fv.overwrite and os.path.isdir(model_dir) and os.listdir(model_dir):
+        print(f"kerakd-train: --overwrite: moved the run in {model_dir} to "
+              f"{_move_aside(model_dir)}.")
     if os.path.exists(os.path.join(model_dir, RESULTS)):
         raise app.UsageError(
             f"--model_dir={model_dir} holds a finished run ({RESULTS}). Use a new "
-            "--model_dir, or delete that one to train it again."
+            "--model_dir, or pass --overwrite to move that run aside and train again."
         )
     flagfile = os.path.join(model_dir, RUN_FLAGS)
-    checkpoint = os.path.join(model_dir, CHECKPOINT_EPOCH)
-    if os.path.exists(checkpoint):
-        with open(checkpoint) as file:
-            resume_epoch = json.load(file)["epoch"]
+    checkpoint = read_checkpoint(model_dir)
+    resume_epoch = 0
+    if checkpoint:
+        resume_epoch = checkpoint["epoch"]
         before = kerakd_flags.flag_dict(
             kerakd_flags.parse(["kerakd-train", f"--flagfile={flagfile}"]))
-        now = kerakd_flags.flag_dict(flag_values)
-        changed = sorted(n for n in now if n != "model_dir" and before.get(n) != now[n])
+        now = kerakd_flags.flag_dict(fv)
+        changed = sorted(n for n in now
+                         if n not in RESUMABLE_CHANGES and before.get(n) != now[n])
         if changed:
             details = "; ".join(f"--{n}: {before.get(n)} -> {now[n]}" for n in changed)
             raise app.UsageError(
                 f"--model_dir={model_dir} holds a run stopped after epoch "
                 f"{resume_epoch}, started with other flags ({details}). Resume it "
-                f"with --flagfile={flagfile}, or use a new --model_dir."
+                f"with --flagfile={flagfile}, use a new --model_dir, or pass "
+                "--overwrite to move that run aside and start over."
             )
-        return resume_epoch
-    os.makedirs(model_dir, exist_ok=True)
-    # A run killed before its first checkpoint starts over.
-    for stale in (PROGRESS, "best.keras"):
-        if os.path.exists(os.path.join(model_dir, stale)):
-            os.remove(os.path.join(model_dir, stale))
+    else:
+        os.makedirs(model_dir, exist_ok=True)
+        # A run killed before its first checkpoint starts over.
+        best = os.path.join(model_dir, "best.keras")
+        if os.path.exists(best):
+            os.remove(best)
     with open(flagfile, "w") as file:
-        file.write("\n".join(kerakd_flags.flagfile_lines(flag_values)) + "\n")
-    return 0
+        file.write("\n".join(kerakd_flags.flagfile_lines(fv)) + "\n")
+    return resume_epoch
 
 
 def _load_teacher(path, info, dataset):
@@ -207,7 +273,9 @@ def _load_teacher(path, info, dataset):
         teacher = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - any failure: not a usable model
         raise app.UsageError(
-            f"--teacher={path}: cannot load it as a Keras model: {error}"
+            f"--teacher={path} is not a readable Keras model (a truncated or "
+            f"corrupt file, or not a .keras archive): {type(error).__name__}: "
+            f"{error}. Pass the student.keras of a finished teacher run."
         ) from error
     shape = tuple(teacher.inputs[0].shape[1:])
     classes = teacher.outputs[0].shape[-1]
@@ -224,20 +292,75 @@ def _load_teacher(path, info, dataset):
     return teacher
 
 
+def weights_digest(model):
+    """SHA-256 of `model`'s weights, in order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+    return digest.hexdigest()
+
+
 def _make_method(flag_values, num_train):
     """The `--method` with its flags; a `num_data` argument gets the training-set
-    size (memory banks have a row per example)."""
+    size (memory banks have a row per example).
+
+    Each chosen method is made on its own first, so that a rejected
+    hyperparameter is reported as its flag (`--kd_temperature=0.0: ...`).
+    """
     hparams = kerakd_flags.method_hparams(flag_values)
     for name, values in hparams.items():
         if "num_data" in kerakd_flags.method_arguments(name):
             values.setdefault("num_data", num_train)
-    names = list(hparams)
+        try:
+            method = methods.get(name, **values)
+        except (TypeError, ValueError) as error:
+            named = [f"--{name}_{a}={flag_values[f'{name}_{a}'].value}"
+                     for a in values if f"`{a}`" in str(error)]
+            raise app.UsageError(
+                f"{', '.join(named) or f'--method={flag_values.method}'}: {error}"
+            ) from error
+    if len(hparams) == 1:
+        return method
     try:
-        if len(names) == 1:
-            return methods.get(names[0], **hparams[names[0]])
         return methods.get(flag_values.method, **hparams)
     except (TypeError, ValueError) as error:
         raise app.UsageError(f"--method={flag_values.method}: {error}") from error
+
+
+def _make_distiller(flag_values, student, method, teacher):
+    """The Distiller of the flags; a tap or pairing it cannot make names the flags."""
+    fv = flag_values
+    try:
+        return Distiller(
+            student, method, teacher,
+            student_taps=kerakd_flags.parse_taps(fv.student_taps),
+            teacher_taps=kerakd_flags.parse_taps(fv.teacher_taps),
+            weight_decay=0.0 if fv.optimizer == "adamw" else fv.weight_decay,
+            nan_policy=fv.nan_policy,
+        )
+    except ValueError as error:
+        taps = "".join(f" --{side}={','.join(fv[side].value)}"
+                       for side in ("student_taps", "teacher_taps") if fv[side].value)
+        raise app.UsageError(
+            f"--method={fv.method} --student={fv.student}{taps}: {error}") from error
+
+
+def _steps_per_epoch(flag_values, info):
+    """`--steps_per_epoch`, or the full batches in one pass over the training set."""
+    fv = flag_values
+    if info.num_train is not None and info.num_train < fv.batch_size:
+        raise app.UsageError(
+            f"--dataset={fv.dataset} has {info.num_train} training examples, fewer "
+            f"than one batch (--batch_size={fv.batch_size}). Use a smaller "
+            "--batch_size, or check the data."
+        )
+    if fv.steps_per_epoch:
+        return fv.steps_per_epoch
+    if info.num_train is None:
+        raise app.UsageError(
+            f"--dataset={fv.dataset} does not tell its size: pass --steps_per_epoch."
+        )
+    return info.num_train // fv.batch_size
 
 
 def _optimizer(flag_values):
@@ -289,10 +412,13 @@ def train(flag_values):
     keras.config.set_dtype_policy(_precision_policy(fv.mixed_precision))
     try:
         keras.utils.set_random_seed(fv.seed)
+        if fv.deterministic:
+            tf.config.experimental.enable_op_determinism()
         with strategy.scope():
             teacher = _load_teacher(fv.teacher, info, fv.dataset) if fv.teacher else None
-        resume_epoch = _claim_model_dir(model_dir, fv)
+        teacher_digest = teacher and weights_digest(teacher)
         info = source.prepare().info
+        steps_per_epoch = _steps_per_epoch(fv, info)
         with strategy.scope():
             method = _make_method(fv, info.num_train)
         if method.needs_index and fv.augment in ("mixup", "cutmix"):
@@ -301,24 +427,23 @@ def train(flag_values):
                 "keeps a memory row per training example (needs_index). Use "
                 "--augment=standard or none."
             )
-        train_ds = data.training_dataset(
-            source, fv.batch_size, fv.augment, with_index=method.needs_index,
-            repeat=fv.steps_per_epoch is not None, mix_alpha=fv.mix_alpha, seed=fv.seed,
-        )
-        val_ds = data.validation_dataset(source, fv.batch_size)
         per_replica = fv.batch_size // replicas
-        sample_images = next(iter(val_ds.unbatch().batch(per_replica)))[0].numpy()
         with strategy.scope():
             student = models.get(fv.student, info.num_classes, info.image_shape)
-            distiller = Distiller(
-                student, method, teacher,
-                student_taps=kerakd_flags.parse_taps(fv.student_taps),
-                teacher_taps=kerakd_flags.parse_taps(fv.teacher_taps),
-                weight_decay=0.0 if fv.optimizer == "adamw" else fv.weight_decay,
-            )
-            # Built before fit: BackupAndRestore restores into built variables.
+            distiller = _make_distiller(fv, student, method, teacher)
+            # Built before fit: a resumed run restores into built variables.
             distiller.build((per_replica, *info.image_shape))
             distiller.compile(optimizer=_optimizer(fv), jit_compile=fv.jit_compile)
+        # Every check has passed: only now is --model_dir touched.
+        resume_epoch = _claim_model_dir(model_dir, fv)
+        train_ds = data.training_dataset(
+            source, fv.batch_size, fv.augment, with_index=method.needs_index,
+            repeat=True, mix_alpha=fv.mix_alpha, seed=fv.seed,
+            shuffle_files=not fv.deterministic,
+            start_batch=resume_epoch * steps_per_epoch,
+        )
+        val_ds = data.validation_dataset(source, fv.batch_size)
+        sample_images = next(iter(val_ds.unbatch().batch(per_replica)))[0].numpy()
         log_dir = os.path.join(model_dir, "logs")
         progress = RunProgress(student, model_dir)
         callbacks = [
@@ -327,17 +452,29 @@ def train(flag_values):
                 fv.warmup_epochs)),
             keras.callbacks.TensorBoard(log_dir, write_graph=False),
             *method.callbacks(log_dir, sample_images),
+            # Last: the checkpoint is committed once the rest of the epoch is done.
             progress,
-            # Last: a checkpoint is written once everything else of the epoch is.
-            keras.callbacks.BackupAndRestore(
-                os.path.join(model_dir, CHECKPOINTS), double_checkpoint=True,
-                delete_checkpoint=False),
         ]
         if resume_epoch:
             print(f"kerakd-train: resuming {model_dir} after epoch {resume_epoch}.")
-        distiller.fit(train_ds, validation_data=val_ds, epochs=fv.epochs,
-                      steps_per_epoch=fv.steps_per_epoch, callbacks=callbacks, verbose=2,
-                      shuffle=False)  # the dataset is shuffled
+        try:
+            distiller.fit(train_ds, validation_data=val_ds, epochs=fv.epochs,
+                          initial_epoch=resume_epoch, steps_per_epoch=steps_per_epoch,
+                          callbacks=callbacks, verbose=2,
+                          shuffle=False)  # the dataset is shuffled
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(
+                f"{error} {model_dir} keeps the checkpoint of epoch "
+                f"{progress.state['epochs_done']}; run the same command to resume "
+                "from it."
+            ) from error
+        if teacher is not None and weights_digest(teacher) != teacher_digest:
+            raise RuntimeError(
+                f"--teacher={fv.teacher}: the teacher's weights changed during the "
+                f"run (SHA-256 {teacher_digest[:12]}... at load, "
+                f"{weights_digest(teacher)[:12]}... now); a method must not update "
+                "its teacher. The student is not saved; fix the method."
+            )
         student.save(os.path.join(model_dir, "student.keras"))
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -350,6 +487,7 @@ def train(flag_values):
         "resumed_from_epoch": resume_epoch,
         "wall_time_s": round(state["wall_time_s"], 1),
         "final_metrics": state["final_metrics"],
+        "history": state["history"],
         "flags": kerakd_flags.flag_dict(fv),
     }
     _write_json(os.path.join(model_dir, RESULTS), results)
@@ -375,7 +513,10 @@ def run_with_args(args):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every option is a --flag.")
-    train(flags.FLAGS)
+    try:
+        train(flags.FLAGS)
+    except NonFiniteLossError as error:
+        raise SystemExit(f"kerakd-train: {error}") from error  # exit status 1
 
 
 def run():

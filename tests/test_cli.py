@@ -89,13 +89,13 @@ def test_killed_run_resumes_after_its_last_epoch(tmp_path):
     args = ["--method=none", *TINY, f"--model_dir={tmp_path}"]
     # Dies like a SIGKILL (no clean-up) right after epoch 1's checkpoint.
     killed = run_python(f"""
-        import os, keras
-        save = keras.callbacks.BackupAndRestore.on_epoch_end
+        import os
+        from kerakd import train
+        save = train.RunProgress.on_epoch_end
         def save_then_die(self, epoch, logs=None):
             save(self, epoch, logs)
             os._exit(3)
-        keras.callbacks.BackupAndRestore.on_epoch_end = save_then_die
-        from kerakd import train
+        train.RunProgress.on_epoch_end = save_then_die
         train.run_with_args({args!r})
     """)
     assert killed.returncode == 3, killed.stderr[-3000:]

@@ -25,39 +25,40 @@ def _resize(image, info):
     return tf.image.resize(image, info.image_shape[:2]) if info.resize else image
 
 
-def train_transform(info, seed=None):
-    """`uint8 image -> float32 image`: random crop + flip, then normalisation.
+def train_transform(info):
+    """`(uint8 image, seed) -> float32 image`: random crop + flip, then normalisation.
+
+    The randomness is stateless: the same `seed` gives the same crop and flip
+    in any process, so a pipeline can make an epoch's augmentation a function
+    of its seed alone (what lets a killed run resume exactly).
 
     Args:
         info: the dataset's `DatasetInfo` (its `style` picks the recipe).
-        seed: seed of the random layers.
+
+    Returns:
+        `transform(image, seed)`, `seed` a shape-(2,) integer tensor.
     """
-    height, width, _ = info.image_shape
-    # float32 whatever the global mixed-precision policy: inputs stay exact.
-    flip = keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32")
-    if info.style == "small":
-        crop = keras.layers.RandomCrop(height, width, seed=seed, dtype="float32")
+    height, width, channels = info.image_shape
 
-        def crop_image(image):
+    def crop_image(image, seed):
+        if info.style == "small":
             image = tf.pad(_resize(image, info), [[PAD, PAD], [PAD, PAD], [0, 0]])
-            return crop(image, training=True)
-    else:
+            return tf.image.stateless_random_crop(image, (height, width, channels), seed)
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seed,
+            min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0),
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return tf.image.resize(tf.slice(image, begin, size), (height, width))
 
-        def crop_image(image):
-            begin, size, _ = tf.image.sample_distorted_bounding_box(
-                tf.shape(image),
-                bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-                min_object_covered=0.0,
-                aspect_ratio_range=(3 / 4, 4 / 3),
-                area_range=(0.08, 1.0),
-                max_attempts=10,
-                use_image_if_no_bounding_boxes=True,
-                seed=seed,
-            )
-            return tf.image.resize(tf.slice(image, begin, size), (height, width))
-
-    def transform(image):
-        image = flip(crop_image(image), training=True)
+    def transform(image, seed):
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image = tf.image.stateless_random_flip_left_right(crop_image(image, crop_seed), flip_seed)
         return normalize(image, info)
 
     return transform
@@ -82,6 +83,9 @@ def eval_transform(info):
 
 def batch_mix(kind, num_classes, alpha=1.0, seed=None):
     """`(images, int labels) -> (mixed images, soft labels)` for a batch.
+
+    Unlike `train_transform`, the mixing draws from the layer's seed state,
+    which restarts with each process: a resumed run mixes differently.
 
     Args:
         kind: `"mixup"` or `"cutmix"` (Keras core's `MixUp` / `CutMix`).

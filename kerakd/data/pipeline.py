@@ -12,11 +12,17 @@ SHUFFLE_BUFFER_LARGE = 10_000
 
 
 def training_dataset(source, batch_size, augment="standard", with_index=False,
-                     repeat=False, mix_alpha=1.0, seed=None):
+                     repeat=False, mix_alpha=1.0, seed=0, shuffle_files=True,
+                     start_batch=0):
     """Shuffled, augmented, normalised training batches.
 
-    Batches drop the remainder, so every batch (and every replica's share)
-    has the same size.
+    The training set is read in passes; pass `p` is shuffled and augmented
+    with seeds made from `(seed, p)` alone, and batches never straddle two
+    passes (each pass drops its remainder), so every batch and every
+    replica's share has the same size. Batch `k` of the endless dataset
+    (`repeat=True`) is thus the same in every process: a run resumed at
+    epoch `e` passes `start_batch=e * steps_per_epoch` and sees the batches an
+    uninterrupted run sees.
 
     Args:
         source: a prepared `kerakd.data.sources.Source`.
@@ -26,9 +32,14 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
         with_index: yield `({"images": x, "index": i}, y)` where `i` is each
             example's fixed position in the training set (methods with
             `needs_index`); else `(x, y)`.
-        repeat: repeat forever (for a fixed `steps_per_epoch`).
+        repeat: an endless dataset of passes (give `fit` a `steps_per_epoch`);
+            otherwise one pass, reshuffled each time it is iterated.
         mix_alpha: Beta parameter of MixUp / CutMix.
         seed: seed of shuffling and augmentation.
+        shuffle_files: lets a file-based source (tfds) read its files in a
+            random order: better mixing, but that order is not a function of
+            `seed`, so batches then differ between processes.
+        start_batch: with `repeat`, the batch the dataset starts at.
 
     Returns:
         A `tf.data.Dataset`.
@@ -40,21 +51,62 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"Unknown augment '{augment}'; use one of {AUGMENTATIONS}.")
+    if start_batch and not repeat:
+        raise ValueError("`start_batch` positions an endless dataset: pass repeat=True.")
     info = source.info
+    if info.num_train is not None and info.num_train < batch_size:
+        raise ValueError(
+            f"Dataset '{info.name}' has {info.num_train} training examples, fewer "
+            f"than one batch of {batch_size}: use a smaller batch size."
+        )
     # Indices must name the same example every epoch: read files in order.
-    dataset = source.examples(training=True, shuffle_files=not with_index)
+    examples = source.examples(training=True, shuffle_files=shuffle_files and not with_index)
     if with_index:
-        dataset = dataset.enumerate().map(
+        examples = examples.enumerate().map(
             lambda i, example: (*example, tf.cast(i, tf.int32))
         )
     buffer = SHUFFLE_BUFFER_SMALL if info.style == "small" else SHUFFLE_BUFFER_LARGE
-    dataset = dataset.shuffle(min(buffer, info.num_train or buffer), seed=seed)
+    buffer = min(buffer, info.num_train or buffer)
+    # Examples a pass uses; unknown without the training-set size.
+    per_pass = info.num_train and info.num_train // batch_size * batch_size
+
+    def one_pass(number):
+        """Pass `number`'s examples, shuffled, each led by its augmentation seed."""
+        key = tf.stack([tf.constant(seed, tf.int64), number])
+        shuffle_seed = tf.random.stateless_uniform(
+            [], key, minval=None, maxval=None, dtype=tf.int64)
+        # This function's own graph-level seed: the order then follows `seed`
+        # alone, whatever the caller's global seed (and TF cannot combine a
+        # global seed of 0 with a tensor op seed).
+        tf.random.set_seed(1)
+        shuffled = examples.shuffle(buffer, seed=shuffle_seed)
+        if per_pass:
+            shuffled = shuffled.take(per_pass)
+        return shuffled.enumerate().map(
+            lambda i, example: (tf.random.experimental.stateless_fold_in(key, i), *example)
+        )
+
     if repeat:
-        dataset = dataset.repeat()
-    transform = (augment_lib.eval_transform(info) if augment == "none"
-                 else augment_lib.train_transform(info, seed))
+        first_example = start_batch * batch_size
+        if first_example and not per_pass:
+            raise ValueError(
+                f"Starting at batch {start_batch} needs the size of the training "
+                f"set, which dataset '{info.name}' does not know."
+            )
+        first_pass, skipped = divmod(first_example, per_pass) if per_pass else (0, 0)
+        dataset = tf.data.Dataset.counter(first_pass).flat_map(one_pass).skip(skipped)
+    else:
+        numbers = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
+        dataset = numbers.take(1).flat_map(one_pass)
+    if augment == "none":
+        evaluate = augment_lib.eval_transform(info)
+
+        def transform(image, example_seed):  # nothing random
+            return evaluate(image)
+    else:
+        transform = augment_lib.train_transform(info)
     dataset = dataset.map(
-        lambda image, *rest: (transform(image), *rest),
+        lambda example_seed, image, *rest: (transform(image, example_seed), *rest),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
@@ -87,7 +139,7 @@ def validation_dataset(source, batch_size):
 
 
 def load(name, batch_size, augment="standard", data_dir=None, image_size=None,
-         with_index=False, seed=None):
+         with_index=False, seed=0):
     """Training and validation batches of a dataset, for `Distiller.fit`.
 
     Args:

@@ -117,10 +117,41 @@ class Source:
         raise NotImplementedError
 
 
+def _check_arrays(name, split, images, labels, num_classes):
+    """Raises a ValueError naming what is wrong with a split's arrays."""
+    where = f"Dataset '{name}', {split} split"
+    if images.ndim != 4:
+        raise ValueError(
+            f"{where}: images of shape {images.shape}, but models read (N, H, W, C) "
+            "batches. Add the channel axis (images[..., None] for grayscale)."
+        )
+    if images.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: images are {images.dtype}; pass uint8 pixels 0-255 (the "
+            "pipeline normalises them itself)."
+        )
+    if not len(images):
+        raise ValueError(f"{where}: no examples.")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where}: labels of shape {labels.shape} and type {labels.dtype}; "
+            f"expected {len(images)} integer class ids, one per image."
+        )
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.size:
+        raise ValueError(
+            f"{where}: label {outside[0]} is outside the {num_classes} classes "
+            f"(0 to {num_classes - 1}); {outside.size} labels are. Fix the labels or "
+            "the number of classes."
+        )
+
+
 class ArraySource(Source):
     """In-memory NumPy images `(N, H, W, C)` uint8 and int labels `(N,)`."""
 
     def __init__(self, name, train, validation, num_classes, image_size=None):
+        for split, (images, labels) in (("training", train), ("validation", validation)):
+            _check_arrays(name, split, images, labels, num_classes)
         self._splits = {True: train, False: validation}
         images = train[0]
         super().__init__(_info(name, num_classes, images.shape[1:], image_size,
