@@ -142,3 +142,9 @@ def test_tfds_without_internet_says_which_data_dir_it_expects(tmp_path, monkeypa
 def test_unknown_dataset_lists_the_names():
     with pytest.raises(ValueError, match="tfds:<name>, folder:<path>"):
         data.get_source("mnist_but_wrong")
+
+
+def test_one_pass_dataset_knows_its_number_of_batches():
+    train, _, info = data.load("synthetic", batch_size=16, augment="none")
+    assert int(train.cardinality()) == info.num_train // 16
+    assert sum(1 for _ in train) == info.num_train // 16

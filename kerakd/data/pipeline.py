@@ -98,6 +98,9 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
     else:
         numbers = tf.data.Dataset.random(seed, rerandomize_each_iteration=True)
         dataset = numbers.take(1).flat_map(one_pass)
+        if per_pass:
+            # flat_map hides the length; Keras needs it to count epoch steps.
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(per_pass))
     if augment == "none":
         evaluate = augment_lib.eval_transform(info)
 
