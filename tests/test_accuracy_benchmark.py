@@ -1,0 +1,41 @@
+"""Smoke test of `benchmarks/accuracy.py` on generated data with a tiny budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "accuracy.py")
+
+
+def run_benchmark(tmp_path):
+    args = [sys.executable, SCRIPT, "--dataset=synthetic", "--pairs=resnet",
+            "--methods=none,kd", "--seeds=1", "--epochs=1", "--teacher_epochs=1",
+            "--steps_per_epoch=1", "--batch_size=16",
+            f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
+            f"--figures_dir={tmp_path / 'docs'}", f"--output={tmp_path / 'docs' / 'b.md'}"]
+    completed = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
+    run_benchmark(tmp_path)
+    with open(tmp_path / "results" / "accuracy-default-synthetic.json") as file:
+        results = json.load(file)
+    methods = results["pairs"]["resnet"]["methods"]
+    assert list(methods) == ["none", "kd"]
+    for entry in methods.values():
+        assert [r["seed"] for r in entry["runs"]] == [0]
+        assert all(len(r["validation_accuracy"]) == 1 for r in entry["runs"])
+        assert 0 <= entry["final_accuracy"]["mean"] <= 1
+    for name in ("accuracy_bar-synthetic.png", "accuracy_curves-synthetic.png"):
+        assert (tmp_path / "docs" / name).stat().st_size > 0
+    section = (tmp_path / "docs" / "b.md").read_text()
+    assert "## Accuracy" in section and "| kd |" in section
+
+    stdout = run_benchmark(tmp_path)  # every run is finished: all are reused
+    assert "accuracy: training" not in stdout
+    assert (tmp_path / "docs" / "b.md").read_text().count("## Accuracy") == 1
