@@ -261,6 +261,8 @@ class Distiller(keras.Model):
     # -- building ---------------------------------------------------------
 
     def build(self, input_shape):
+        if self.built:  # built state is locked: a second build changes nothing
+            return
         image_shape = tuple(self._images_of(input_shape))
         batch = image_shape[0]
         s_taps, s_logits = self._student_net.shapes(batch)

@@ -162,6 +162,7 @@ def test_student_loads_in_a_process_without_kerakd(tmp_path, teacher, student):
 def test_student_is_plain_and_method_parts_are_not_in_it(teacher, student):
     distiller = kerakd.Distiller(student, "fitnet", teacher)
     distiller.build((8, *IMAGE_SHAPE))
+    distiller.build((8, *IMAGE_SHAPE))  # building again is harmless
     assert distiller.student is student
     assert not variable_ids(distiller.method.weights) & variable_ids(student.weights)
 

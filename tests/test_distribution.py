@@ -106,9 +106,8 @@ def test_mixed_precision_trains_with_float32_losses(bfloat16_policy, method):
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
     logs = distiller.fit(make_dataset(), epochs=1, verbose=0).history
     assert all(np.isfinite(v[0]) for v in logs.values())
-    distiller.build((8, *IMAGE_SHAPE))
-    out = distiller._method_output(make_dataset().take(1).get_single_element()[0],
-                                   make_dataset().take(1).get_single_element()[1], True)
+    images, labels = make_dataset().take(1).get_single_element()
+    out = distiller._method_output(images, labels, True)
     assert all(v.dtype == "float32" for v in out.losses.values())
     # Variables stay float32 (the optimizer updates full-precision weights).
     assert all(v.dtype == "float32" for v in student.trainable_variables)
