@@ -123,24 +123,6 @@ def test_teacher_taps_get_no_gradient_and_attention_is_trained():
     assert not silent, "query, key, bilinear and positions are trained by L_AFD"
 
 
-def test_gradients_reach_the_student_and_method_but_not_the_teacher(teacher, student):
-    distiller = kerakd.Distiller(student, "afd", teacher)
-    distiller.build((BATCH, *IMAGE_SHAPE))
-    ids = lambda vs: {id(v) for v in vs}  # noqa: E731
-    trainable = ids(distiller.trainable_variables)
-    assert trainable == ids(student.trainable_variables) | ids(
-        distiller.method.trainable_variables
-    )
-    assert not trainable & ids(teacher.weights)
-    with tf.GradientTape() as tape:
-        out = distiller._method_output(make_images(BATCH), make_labels(BATCH), training=True)
-        total = distiller._total_loss(out.losses)
-    assert not ids(tape.watched_variables()) & ids(teacher.weights)
-    gradients = tape.gradient(total, distiller.trainable_variables)
-    missing = [v.path for v, g in zip(distiller.trainable_variables, gradients) if g is None]
-    assert not missing
-
-
 def test_heterogeneous_architectures_train():
     teacher = kerakd.models.get("resnet8x4", NUM_CLASSES, IMAGE_SHAPE)  # 3 block taps
     student = kerakd.models.get("wrn_16_1", NUM_CLASSES, IMAGE_SHAPE)  # 6 block taps

@@ -33,7 +33,7 @@ def test_teacher_weights_and_bn_statistics_are_bit_identical_after_fit(teacher, 
         np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
 
 
-@pytest.mark.parametrize("method", ["kd", "at", "fitnet"])
+@pytest.mark.parametrize("method", ["kd", "at", "fitnet", "semckd", "afd"])
 def test_gradients_reach_the_student_and_method_only(teacher, student, method):
     distiller = kerakd.Distiller(student, method, teacher)
     distiller.build((8, *IMAGE_SHAPE))
