@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
+from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 from test_semckd import (
     BATCH,
     f64,
