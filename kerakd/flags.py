@@ -89,6 +89,9 @@ def _define_core_flags(flag_values):
     define("integer", "num_logical_cpus", None, "Split the CPU into this many "
                          "logical devices (to try --strategy=mirrored without GPUs).",
                          lower_bound=1)
+    define("boolean", "sync_batchnorm", False, "Normalize the student's BatchNorm "
+                         "with the statistics of the global batch instead of each "
+                         "replica's share (needs a distribution --strategy).")
     define("boolean", "mixed_precision", False, "Compute in mixed_float16 on GPU, "
                          "mixed_bfloat16 on CPU.")
     define("boolean", "jit_compile", False, "Compile steps with XLA (slower on CPU).")
@@ -374,6 +377,12 @@ def check_flags(flag_values):
         raise app.UsageError(
             "--num_logical_cpus splits the CPU for a distribution strategy: add "
             "--strategy=mirrored, or remove --num_logical_cpus."
+        )
+    if fv.sync_batchnorm and fv.strategy == "default":
+        raise app.UsageError(
+            "--sync_batchnorm synchronizes BatchNorm across replicas, but "
+            "--strategy=default runs one: add --strategy=mirrored or multi_worker, "
+            "or remove --sync_batchnorm."
         )
 
 

@@ -36,6 +36,7 @@ from kerakd import methods
 from kerakd import models
 from kerakd.distiller import Distiller
 from kerakd.distiller import NonFiniteLossError
+from kerakd.distribute import synchronize_batchnorm
 
 RESULTS = "results.json"
 RUN_FLAGS = "run.flags"
@@ -430,6 +431,8 @@ def train(flag_values):
         per_replica = fv.batch_size // replicas
         with strategy.scope():
             student = models.get(fv.student, info.num_classes, info.image_shape)
+            if fv.sync_batchnorm:
+                student = synchronize_batchnorm(student)
             distiller = _make_distiller(fv, student, method, teacher)
             # Built before fit: a resumed run restores into built variables.
             distiller.build((per_replica, *info.image_shape))

@@ -128,3 +128,22 @@ def test_synchronize_batchnorm_keeps_weights_and_outputs(tmp_path):
     assert np.isfinite(distiller.fit(make_dataset(), epochs=1, verbose=0).history["loss"][0])
     synced.save(tmp_path / "synced.keras")
     assert keras.models.load_model(tmp_path / "synced.keras").count_params() == model.count_params()
+
+
+def test_cli_mirrored_run_with_synchronized_batchnorm(tmp_path):
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kerakd.train", "--dataset=synthetic", "--method=none",
+         "--student=resnet8", "--batch_size=16", "--steps_per_epoch=2", "--epochs=1",
+         "--lr_milestones=", "--strategy=mirrored", "--num_logical_cpus=2",
+         "--sync_batchnorm", f"--model_dir={model_dir}"],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["flags"]["strategy"] == "mirrored" and results["flags"]["sync_batchnorm"]
+    assert np.isfinite(results["final_metrics"]["loss"])
+    student = keras.models.load_model(model_dir / "student.keras")
+    norms = [l for l in student.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert norms and all(l.synchronized for l in norms)
