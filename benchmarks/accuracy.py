@@ -73,10 +73,13 @@ class Pair:
 
 PAIRS = {
     "resnet": Pair("resnet20", "resnet8"),
-    # A wide pre-activation ResNet student: other depths, widths and block
-    # counts than the teacher's (9 teacher blocks, 6 student blocks). Reuses the
-    # first pair's teacher; a vgg8 teacher took 6 s a step on the 2-core CPU.
-    "resnet_wrn": Pair("resnet20", "wrn_16_1", CROSS_LAYER_METHODS),
+    # Another architecture family for the student (MobileNetV2's inverted
+    # residuals and depthwise convolutions, 4 stage taps of other widths and
+    # resolutions than the teacher's 3): the cross-layer methods must find
+    # which layers to pair. Reuses the first pair's teacher; other-family
+    # teachers cost too much here (a vgg8 step is 5x resnet20's on 2 cores,
+    # shufflenetv1 10x).
+    "resnet_mobilenet": Pair("resnet20", "mobilenetv2", CROSS_LAYER_METHODS),
 }
 
 
@@ -105,11 +108,12 @@ class Budget:
 
 
 BUDGETS = {
-    # Sized for a 2-core CPU: one seed of every run (teacher included) took 42
-    # min of training on one shared with other jobs (load 3 to 13); three
-    # seeds need about an hour on an idle one.
+    # Sized for an idle 2-core CPU, within an hour for three seeds of every
+    # run: a resnet8 step takes ~0.22 s, a resnet20 one ~0.55 s, and each
+    # epoch's evaluation on the 10,000 test images ~8 s. The teacher, trained
+    # once, gets 4x a student's steps so that it is clearly the better model.
     "default": Budget(epochs=3, steps_per_epoch=25, teacher_epochs=3,
-                      teacher_steps_per_epoch=50),
+                      teacher_steps_per_epoch=100),
     # The configs' recipe, for a GPU: 30 full passes per run.
     "full": Budget(epochs=30, steps_per_epoch=None, teacher_epochs=30,
                    teacher_steps_per_epoch=None),
@@ -190,10 +194,16 @@ def run_args(config, student, epochs, steps_per_epoch, budget, seed, model_dir,
 def train_or_reuse(args, model_dir):
     """Results of the run in `model_dir`: its `results.json`, `{"error": ...}`
     for a run that diverged (recorded in `DIVERGED`, so it is not retried), or
-    a new (or resumed) training with `args`."""
+    a new (or resumed) training with `args`.
+
+    Raises:
+        SystemExit: `model_dir` holds a run of other flags (another budget or
+            config): reusing it would report numbers of another recipe.
+    """
     for name in (train.RESULTS, DIVERGED):
         path = os.path.join(model_dir, name)
         if os.path.exists(path):
+            check_same_flags(args, model_dir)
             print(f"accuracy: reusing {model_dir}", flush=True)
             with open(path) as file:
                 return json.load(file)
@@ -206,6 +216,20 @@ def train_or_reuse(args, model_dir):
             json.dump(results, file)
     keras.backend.clear_session()
     return results
+
+
+def check_same_flags(args, model_dir):
+    """Exits, naming the flags, when the run in `model_dir` used other ones."""
+    recorded = kerakd_flags.flag_dict(kerakd_flags.parse(
+        ["kerakd-train", f"--flagfile={os.path.join(model_dir, train.RUN_FLAGS)}"]))
+    wanted = kerakd_flags.flag_dict(kerakd_flags.parse(["kerakd-train", *args]))
+    changed = sorted(n for n in wanted if recorded.get(n) != wanted[n])
+    if changed:
+        details = "; ".join(f"--{n}: {recorded.get(n)} -> {wanted[n]}" for n in changed)
+        raise SystemExit(
+            f"accuracy: {model_dir} holds a run of other flags ({details}); its "
+            "numbers are not this benchmark's. Move it away, or pass another "
+            "--runs_dir.")
 
 
 def validation_curve(model_dir):

@@ -41,7 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -52,7 +51,7 @@ from kerakd import methods  # noqa: E402
 from kerakd.data import pipeline  # noqa: E402
 from kerakd.data import sources  # noqa: E402
 from kerakd.taps import resolve_taps  # noqa: E402
-from kerakd.train import _precision_policy  # noqa: E402
+from kerakd.train import precision_policy  # noqa: E402
 # The FLOP statistics of TensorFlow's ops (`tf.compat.v1.profiler`'s source).
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 from tensorflow.python.profiler.internal import flops_registry  # noqa: E402,F401
@@ -115,7 +114,7 @@ class MemoryUse:
 
     On a GPU: the allocator's peak (`tf.config.experimental.get_memory_info`).
     On a CPU, where TensorFlow reports none: the growth of the process's
-    resident set size (psutil), which misses memory freed before the end.
+    resident set size (Linux's /proc/self/statm), which misses memory freed before the end.
     """
 
     def __init__(self):
@@ -127,12 +126,13 @@ class MemoryUse:
     @property
     def kind(self):
         return ("GPU allocator peak" if self.gpu
-                else "growth of the process's RSS (psutil)")
+                else "growth of the process's RSS")
 
     def _used(self):
         if self.gpu:
             return tf.config.experimental.get_memory_info("GPU:0")["peak"]
-        return psutil.Process().memory_info().rss
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def mib(self):
         return (self._used() - (0 if self.gpu else self.start)) / 2**20
@@ -567,7 +567,7 @@ def main(argv):
     method_names = FLAGS.methods or methods.available()
     for name in method_names:
         methods.registry.factory(name)  # fails early on an unknown name
-    keras.config.set_dtype_policy(_precision_policy(FLAGS.mixed_precision))
+    keras.config.set_dtype_policy(precision_policy(FLAGS.mixed_precision))
     run = {
         "command": shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

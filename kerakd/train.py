@@ -375,7 +375,9 @@ def _optimizer(flag_values):
     return keras.optimizers.AdamW(fv.learning_rate, weight_decay=fv.weight_decay)
 
 
-def _precision_policy(mixed_precision):
+def precision_policy(mixed_precision):
+    """The Keras dtype policy of `--mixed_precision`: `"float32"` when off,
+    else `"mixed_float16"` on a GPU and `"mixed_bfloat16"` on CPU or TPU."""
     if not mixed_precision:
         return "float32"
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
@@ -410,7 +412,7 @@ def train(flag_values):
     source = data.get_source(fv.dataset, fv.data_dir, fv.image_size)
     info = source.info
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_precision_policy(fv.mixed_precision))
+    keras.config.set_dtype_policy(precision_policy(fv.mixed_precision))
     try:
         keras.utils.set_random_seed(fv.seed)
         if fv.deterministic:

@@ -9,16 +9,17 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "benchmarks", "accuracy.py")
 
 
-def run_benchmark(tmp_path):
+def run_benchmark(tmp_path, epochs=1, check=True):
     args = [sys.executable, SCRIPT, "--dataset=synthetic", "--pairs=resnet",
-            "--methods=none,kd", "--seeds=1", "--epochs=1", "--teacher_epochs=1",
+            "--methods=none,kd", "--seeds=1", f"--epochs={epochs}", "--teacher_epochs=1",
             "--steps_per_epoch=1", "--batch_size=16",
             f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
             f"--figures_dir={tmp_path / 'docs'}", f"--output={tmp_path / 'docs' / 'b.md'}"]
     completed = subprocess.run(args, capture_output=True, text=True, timeout=300,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed.stdout
+    if check:
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
 
 
 def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
@@ -36,6 +37,11 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
     section = (tmp_path / "docs" / "b.md").read_text()
     assert "## Accuracy" in section and "| kd |" in section
 
-    stdout = run_benchmark(tmp_path)  # every run is finished: all are reused
+    stdout = run_benchmark(tmp_path).stdout  # every run is finished: all are reused
     assert "accuracy: training" not in stdout
     assert (tmp_path / "docs" / "b.md").read_text().count("## Accuracy") == 1
+
+    # Another budget in the same --runs_dir: refused, not reported as its own.
+    refused = run_benchmark(tmp_path, epochs=2, check=False)
+    assert refused.returncode != 0
+    assert "holds a run of other flags (--epochs: 1 -> 2" in refused.stderr

@@ -94,6 +94,21 @@ def test_grayscale_28px_runs_with_documented_taps(name):
         assert all(low >= 0 for low in lows)  # post-ReLU taps
 
 
+def test_mobilenetv2_taps_every_inverted_residual_as_a_block():
+    model = kerakd.models.get("mobilenetv2", num_classes=5, input_shape=(32, 32, 3))
+    blocks = resolve_taps(model, "blocks")
+    assert blocks == [f"block{k}" for k in range(1, 18)]
+    widths = [model.get_layer(b).output.shape[-1] for b in blocks]
+    assert widths == [8, 12, 12, 16, 16, 16, 32, 32, 32, 32, 48, 48, 48, 80, 80, 80, 160]
+    # A stage tap is the last block of its resolution, the same tensor.
+    last_blocks = ["block3", "block6", "block13", "block17"]
+    stages = resolve_taps(model, "stages")
+    *outputs, _ = tap_model(model, stages + last_blocks)(make_images(2, (32, 32, 3)),
+                                                          training=False)
+    for stage_out, block_out in zip(outputs[:4], outputs[4:]):
+        np.testing.assert_array_equal(stage_out, block_out)
+
+
 def test_vgg_pools_before_last_group_only_above_32px():
     small = kerakd.models.get("vgg8", 10, (32, 32, 3))
     large = kerakd.models.get("vgg8", 10, (64, 64, 3))

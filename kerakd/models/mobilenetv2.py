@@ -15,7 +15,10 @@ Taps: `stage1..4`, the outputs of the last inverted residual at each of the
 four resolutions below the stem (groups 1, 2, 4, 6: the reference's
 `f1..f4`, SemCKD's convention): the linear bottleneck's BN output, plus the
 shortcut where the block has one; no ReLU. At 32 px: 16x16x12, 8x8x16,
-4x4x48, 2x2x160. And `pool`.
+4x4x48, 2x2x160. `block1..17`: the output of every inverted residual, in the
+same form (AFD's "blocks" kind; the AFD paper gives no MobileNetV2 list, so
+kerakd taps them all, as it taps every residual block of a ResNet). And
+`pool`.
 
 >>> model = kerakd.models.get("mobilenetv2", num_classes=100)
 """
@@ -72,18 +75,21 @@ def mobilenetv2(num_classes=100, input_shape=(32, 32, 3)):
         input_shape: `(H, W, C)` of the images.
 
     Returns:
-        A functional `keras.Model` `images -> logits`, taps `stage1..4`.
+        A functional `keras.Model` `images -> logits`, taps `stage1..4` and
+        `block1..17`.
     """
     inputs = keras.Input(input_shape, name="images")
     x = _conv_bn_relu(inputs, int(32 * WIDTH), 3, 2, "stem")
+    block = 0
     for g, (expansion, width, blocks, first_stride) in enumerate(GROUPS):
         for i in range(blocks):
-            last = i == blocks - 1
-            tap = f"stage{TAPPED_GROUPS.index(g) + 1}" if last and g in TAPPED_GROUPS else None
+            block += 1
             x = inverted_residual(
                 x, int(width * WIDTH), first_stride if i == 0 else 1, expansion,
-                f"g{g}b{i + 1}", output_name=tap,
+                f"g{g}b{i + 1}", output_name=f"block{block}",
             )
+        if g in TAPPED_GROUPS:
+            x = keras.layers.Identity(name=f"stage{TAPPED_GROUPS.index(g) + 1}")(x)
     x = _conv_bn_relu(x, LAST_WIDTH, 1, 1, "head")
     return keras.Model(inputs, L.classifier(x, num_classes), name="mobilenetv2")
 
