@@ -220,15 +220,11 @@ def train_or_reuse(args, model_dir):
 
 def check_same_flags(args, model_dir):
     """Exits, naming the flags, when the run in `model_dir` used other ones."""
-    recorded = kerakd_flags.flag_dict(kerakd_flags.parse(
-        ["kerakd-train", f"--flagfile={os.path.join(model_dir, train.RUN_FLAGS)}"]))
-    wanted = kerakd_flags.flag_dict(kerakd_flags.parse(["kerakd-train", *args]))
-    changed = sorted(n for n in wanted if recorded.get(n) != wanted[n])
+    changed = train.flag_changes(model_dir, kerakd_flags.parse(["kerakd-train", *args]))
     if changed:
-        details = "; ".join(f"--{n}: {recorded.get(n)} -> {wanted[n]}" for n in changed)
         raise SystemExit(
-            f"accuracy: {model_dir} holds a run of other flags ({details}); its "
-            "numbers are not this benchmark's. Move it away, or pass another "
+            f"accuracy: {model_dir} holds a run of other flags ({'; '.join(changed)}); "
+            "its numbers are not this benchmark's. Move it away, or pass another "
             "--runs_dir.")
 
 

@@ -34,13 +34,24 @@ flags.DEFINE_string("data_dir", None, "Directory of the Fashion-MNIST IDX files 
 
 
 def train_once(model_dir, args):
-    """`kerakd-train ARGS --model_dir=...`, or the results of a finished run there."""
+    """`kerakd-train ARGS --model_dir=...`, or the results of a finished run
+    of the same flags there.
+
+    Raises:
+        absl.app.UsageError: `model_dir` holds a finished run of other flags.
+    """
+    args = [*args, f"--model_dir={model_dir}"]
     results = os.path.join(model_dir, train.RESULTS)
     if os.path.exists(results):
+        changed = train.flag_changes(model_dir, kerakd_flags.parse(["kerakd-train", *args]))
+        if changed:
+            raise app.UsageError(
+                f"{model_dir} holds a finished run of other flags ({'; '.join(changed)}). "
+                "Move it away, or pass another --output_dir.")
         print(f"quickstart: reusing the finished run in {model_dir}.")
         with open(results) as file:
             return json.load(file)
-    return train.run_with_args([*args, f"--model_dir={model_dir}"])
+    return train.run_with_args(args)
 
 
 def main(argv):

@@ -244,13 +244,9 @@ def _claim_model_dir(model_dir, flag_values):
     resume_epoch = 0
     if checkpoint:
         resume_epoch = checkpoint["epoch"]
-        before = kerakd_flags.flag_dict(
-            kerakd_flags.parse(["kerakd-train", f"--flagfile={flagfile}"]))
-        now = kerakd_flags.flag_dict(fv)
-        changed = sorted(n for n in now
-                         if n not in RESUMABLE_CHANGES and before.get(n) != now[n])
+        changed = flag_changes(model_dir, fv)
         if changed:
-            details = "; ".join(f"--{n}: {before.get(n)} -> {now[n]}" for n in changed)
+            details = "; ".join(changed)
             raise app.UsageError(
                 f"--model_dir={model_dir} holds a run stopped after epoch "
                 f"{resume_epoch}, started with other flags ({details}). Resume it "
@@ -266,6 +262,29 @@ def _claim_model_dir(model_dir, flag_values):
     with open(flagfile, "w") as file:
         file.write("\n".join(kerakd_flags.flagfile_lines(fv)) + "\n")
     return resume_epoch
+
+
+def flag_changes(model_dir, flag_values):
+    """How `flag_values` differ from the flags of the run in `model_dir`.
+
+    Args:
+        model_dir: a run's directory (it holds `run.flags`).
+        flag_values: parsed flags (`kerakd.flags.parse`).
+
+    Returns:
+        `["--name: before -> now", ...]`, sorted; empty when the run used
+        the same flags (those of `RESUMABLE_CHANGES` aside).
+
+    Example:
+
+    >>> fv = kerakd.flags.parse(["kerakd-train", *args])
+    >>> if not flag_changes(fv.model_dir, fv): ...   # the same recipe
+    """
+    before = kerakd_flags.flag_dict(kerakd_flags.parse(
+        ["kerakd-train", f"--flagfile={os.path.join(model_dir, RUN_FLAGS)}"]))
+    now = kerakd_flags.flag_dict(flag_values)
+    return [f"--{n}: {before.get(n)} -> {now[n]}" for n in sorted(now)
+            if n not in RESUMABLE_CHANGES and before.get(n) != now[n]]
 
 
 def _load_teacher(path, info, dataset):

@@ -212,3 +212,14 @@ def test_learning_rate_schedule():
     schedule = train.learning_rate_schedule(0.1, [3, 5], decay=0.1, warmup_epochs=2)
     rates = [schedule(epoch) for epoch in range(6)]
     assert rates == pytest.approx([0.05, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_quickstart_reuses_a_finished_run_only_with_the_same_flags(tmp_path, capsys):
+    from kerakd import quickstart
+
+    args = ["--method=none", *TINY, "--epochs=1", "--lr_milestones="]
+    first = quickstart.train_once(str(tmp_path), args)
+    assert quickstart.train_once(str(tmp_path), args) == first
+    assert "reusing the finished run" in capsys.readouterr().out
+    with pytest.raises(app.UsageError, match=re.escape("--epochs: 1 -> 2")):
+        quickstart.train_once(str(tmp_path), [*args, "--epochs=2"])
