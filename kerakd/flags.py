@@ -28,7 +28,7 @@ from kerakd.data import AUGMENTATIONS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 NAN_POLICIES = ("stop", "skip_batch")
-STRATEGIES = ("default", "mirrored", "multi_worker")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
 def _define_core_flags(flag_values):
@@ -85,7 +85,10 @@ def _define_core_flags(flag_values):
     define("boolean", "overwrite", False, "Start over in a --model_dir that holds "
            "a run: move that run aside to <model_dir>.replaced-<time>.")
     define("enum", "strategy", "default", "tf.distribute strategy: one device, all "
-           "local GPUs (mirrored) or TF_CONFIG's workers.", enum_values=STRATEGIES)
+           "local GPUs (mirrored), TF_CONFIG's workers (multi_worker) or the "
+           "TPU cores of --tpu.", enum_values=STRATEGIES)
+    define("string", "tpu", "local", "With --strategy=tpu: the TPU to connect to, "
+           "'local' on a TPU VM, else its name or grpc:// address.")
     define("integer", "num_logical_cpus", None, "Split the CPU into this many "
                          "logical devices (to try --strategy=mirrored without GPUs).",
                          lower_bound=1)
@@ -377,6 +380,11 @@ def check_flags(flag_values):
         raise app.UsageError(
             "--num_logical_cpus splits the CPU for a distribution strategy: add "
             "--strategy=mirrored, or remove --num_logical_cpus."
+        )
+    if fv["tpu"].present and fv.strategy != "tpu":
+        raise app.UsageError(
+            f"--tpu={fv.tpu} names a TPU for --strategy=tpu (got --strategy="
+            f"{fv.strategy}): add --strategy=tpu, or remove --tpu."
         )
     if fv.sync_batchnorm and fv.strategy == "default":
         raise app.UsageError(

@@ -189,7 +189,7 @@ def _configure_devices(num_logical_cpus):
         ) from error
 
 
-def _strategy(name):
+def _strategy(name, tpu):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -197,7 +197,24 @@ def _strategy(name):
         gpus = tf.config.list_logical_devices("GPU")
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(None if gpus else cpus)
+    if name == "tpu":
+        return _tpu_strategy(tpu)
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _tpu_strategy(tpu):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as error:
+        raise app.UsageError(
+            f"--strategy=tpu --tpu={tpu}: no TPU could be reached "
+            f"({str(error).splitlines()[0][:200]}). Run on a TPU VM (--tpu=local) or "
+            "pass the TPU's name or grpc:// address; without a TPU use "
+            "--strategy=default or mirrored."
+        ) from error
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def _output_dir(model_dir, strategy):
@@ -420,7 +437,7 @@ def train(flag_values):
     kerakd_flags.check_flags(fv)
     kerakd_flags.check_files(fv)
     _configure_devices(fv.num_logical_cpus)
-    strategy = _strategy(fv.strategy)
+    strategy = _strategy(fv.strategy, fv.tpu)
     replicas = strategy.num_replicas_in_sync
     if fv.batch_size % replicas:
         raise app.UsageError(

@@ -138,6 +138,8 @@ def test_tfds_cifar100_with_mixup(tmp_path):
     (["--lr_milestones=2,1", "--epochs=3"], "--lr_milestones"),
     (["--num_logical_cpus=2"], "--num_logical_cpus"),
     (["--sync_batchnorm"], "--sync_batchnorm synchronizes BatchNorm across replicas"),
+    (["--tpu=grpc://10.0.0.2:8470"], "add --strategy=tpu"),
+    (["--strategy=tpu"], "--strategy=tpu --tpu=local: no TPU could be reached"),
     (["--mix_alpha=0.4"], "--mix_alpha applies to --augment=mixup"),
     (["--optimizer=adam", "--momentum=0.5"], "--momentum applies to --optimizer=sgd"),
     (["--warmup_epochs=2", "--epochs=2", "--lr_milestones="], "--warmup_epochs"),
