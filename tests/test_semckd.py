@@ -13,7 +13,7 @@ import tensorflow as tf
 import kerakd
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
 from kerakd.methods.base import StepData, TapSpec
-from kerakd.methods.semckd import adaptive_average_pool
+from kerakd.methods.feature_ops import adaptive_average_pool
 
 # -- NumPy reference (float64) ------------------------------------------------
 

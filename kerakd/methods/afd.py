@@ -10,7 +10,7 @@ from kerakd import link_matrix
 from kerakd import losses
 from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
-from kerakd.methods.semckd import adaptive_average_pool
+from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.models import layers as zoo_layers
 
 

@@ -188,3 +188,15 @@ def check_positive(**values):
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"`{name}` must be > 0, got {value}.")
+
+
+def check_one_pair(spec, method_name):
+    """Raises unless `spec` has exactly one `"features"` tap on each side."""
+    for side in ("student", "teacher"):
+        count = len(getattr(spec, side)["features"])
+        if count != 1:
+            raise ValueError(
+                f"{method_name} compares one student tap with one teacher tap, "
+                f"but the {side} has {count}. Pass a single layer name as "
+                f"{side}_taps."
+            )

@@ -8,8 +8,9 @@ from keras import ops
 
 from kerakd import losses
 from kerakd import methods
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
-from kerakd.methods.rkd import check_one_pair, l2_normalize
+from kerakd.methods.base import (
+    Method, MethodOutput, check_non_negative, check_one_pair, check_positive)
+from kerakd.methods.feature_ops import l2_normalize
 
 # RepDistiller's `eps` in `ContrastLoss`.
 _NCE_EPSILON = 1e-7

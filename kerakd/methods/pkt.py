@@ -5,8 +5,8 @@ from keras import ops
 
 from kerakd import losses
 from kerakd import methods
-from kerakd.methods.base import Method, MethodOutput, check_non_negative
-from kerakd.methods.rkd import check_one_pair, cosine_similarity_matrix
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_one_pair
+from kerakd.methods.feature_ops import cosine_similarity_matrix
 
 
 def _kernel(features):

@@ -1,60 +1,12 @@
-"""`rkd`: Park et al., "Relational Knowledge Distillation" (CVPR 2019).
-
-Also home of the relation helpers that SP, PKT and CRD share
-(`l2_normalize`, `cosine_similarity_matrix`, `pairwise_distances`).
-"""
+"""`rkd`: Park et al., "Relational Knowledge Distillation" (CVPR 2019)."""
 
 import keras
 from keras import ops
 
 from kerakd import losses
 from kerakd import methods
-from kerakd.methods.base import Method, MethodOutput, check_non_negative
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """`x / max(||x||, epsilon)` along `axis`: PyTorch's `F.normalize`.
-
-    The norm is `sqrt(max(sum x^2, epsilon^2))`, the same value, written so
-    that a zero vector (RKD's `e_i - e_i`) gets a zero gradient rather than
-    the NaN of differentiating `sqrt` at 0.
-
-    Example:
-
-    >>> l2_normalize(ops.array([[3.0, 4.0], [0.0, 0.0]]))   # [[.6, .8], [0, 0]]
-    """
-    squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
-
-
-def cosine_similarity_matrix(x):
-    """Cosines between the rows of `x`: `(..., N, D) -> (..., N, N)`."""
-    x = l2_normalize(x)
-    return ops.matmul(x, ops.swapaxes(x, -1, -2))
-
-
-def pairwise_distances(x, epsilon=1e-12):
-    """Euclidean distances between the rows of `x` `(N, D)`, zero diagonal.
-
-    Squared distances are clamped at `epsilon` before the square root, as in
-    RepDistiller's `RKDLoss.pdist`.
-    """
-    squares = ops.sum(ops.square(x), axis=-1)
-    squared = squares[:, None] + squares[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
-    off_diagonal = 1.0 - ops.eye(ops.shape(x)[0], dtype=x.dtype)
-    return ops.sqrt(ops.maximum(squared, epsilon)) * off_diagonal
-
-
-def check_one_pair(spec, method_name):
-    """Raises unless `spec` has exactly one `"features"` tap on each side."""
-    for side in ("student", "teacher"):
-        count = len(getattr(spec, side)["features"])
-        if count != 1:
-            raise ValueError(
-                f"{method_name} compares one student tap with one teacher tap, "
-                f"but the {side} has {count}. Pass a single layer name as "
-                f"{side}_taps."
-            )
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_one_pair
+from kerakd.methods.feature_ops import cosine_similarity_matrix, pairwise_distances
 
 
 def _flat_f32(x):

@@ -1,54 +1,14 @@
 """`semckd`: Chen et al., "Cross-Layer Distillation with Semantic Calibration" (AAAI 2021)."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from kerakd import link_matrix
 from kerakd import losses
 from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.models import layers as zoo_layers
-
-
-def _bin_averages(size_in, size_out):
-    """`(size_out, size_in)` matrix averaging PyTorch's adaptive-pooling bins."""
-    matrix = np.zeros((size_out, size_in), "float32")
-    for i in range(size_out):
-        start = (i * size_in) // size_out
-        end = -((-(i + 1) * size_in) // size_out)  # ceil
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-def adaptive_average_pool(x, size):
-    """PyTorch's `adaptive_avg_pool2d` of a channels-last map, in float32.
-
-    Output cell `(p, q)` averages input rows `[floor(p*H/h), ceil((p+1)*H/h))`
-    and the matching columns, so a smaller `size` average-pools and a larger
-    one repeats cells (nearest upsampling for integer ratios).
-
-    Args:
-        x: `(B, H, W, C)` with static `H`, `W`.
-        size: target `(h, w)`.
-
-    Returns:
-        `(B, h, w, C)` float32.
-
-    Example:
-
-    >>> adaptive_average_pool(ops.ones((2, 8, 8, 3)), (4, 4)).shape   # (2, 4, 4, 3)
-    """
-    x = ops.cast(x, "float32")
-    (height, width), size = x.shape[1:3], tuple(size)
-    if (height, width) == size:
-        return x
-    return ops.einsum(
-        "ph,bhwc,qw->bpqc",
-        _bin_averages(height, size[0]),
-        x,
-        _bin_averages(width, size[1]),
-    )
 
 
 def gram(features):

@@ -5,7 +5,7 @@ from keras import ops
 from kerakd import losses
 from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative
-from kerakd.methods.rkd import l2_normalize
+from kerakd.methods.feature_ops import l2_normalize
 
 
 def _similarity(features):

@@ -1,0 +1,77 @@
+"""Tensor helpers that several methods share, written with `keras.ops`."""
+
+import numpy as np
+from keras import ops
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """`x / max(||x||, epsilon)` along `axis`: PyTorch's `F.normalize`.
+
+    The norm is `sqrt(max(sum x^2, epsilon^2))`, the same value, written so
+    that a zero vector (RKD's `e_i - e_i`) gets a zero gradient rather than
+    the NaN of differentiating `sqrt` at 0.
+
+    Example:
+
+    >>> l2_normalize(ops.array([[3.0, 4.0], [0.0, 0.0]]))   # [[.6, .8], [0, 0]]
+    """
+    squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
+
+
+def cosine_similarity_matrix(x):
+    """Cosines between the rows of `x`: `(..., N, D) -> (..., N, N)`."""
+    x = l2_normalize(x)
+    return ops.matmul(x, ops.swapaxes(x, -1, -2))
+
+
+def pairwise_distances(x, epsilon=1e-12):
+    """Euclidean distances between the rows of `x` `(N, D)`, zero diagonal.
+
+    Squared distances are clamped at `epsilon` before the square root, as in
+    RepDistiller's `RKDLoss.pdist`.
+    """
+    squares = ops.sum(ops.square(x), axis=-1)
+    squared = squares[:, None] + squares[None, :] - 2.0 * ops.matmul(x, ops.transpose(x))
+    off_diagonal = 1.0 - ops.eye(ops.shape(x)[0], dtype=x.dtype)
+    return ops.sqrt(ops.maximum(squared, epsilon)) * off_diagonal
+
+
+def _bin_averages(size_in, size_out):
+    """`(size_out, size_in)` matrix averaging PyTorch's adaptive-pooling bins."""
+    matrix = np.zeros((size_out, size_in), "float32")
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)  # ceil
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_average_pool(x, size):
+    """PyTorch's `adaptive_avg_pool2d` of a channels-last map, in float32.
+
+    Output cell `(p, q)` averages input rows `[floor(p*H/h), ceil((p+1)*H/h))`
+    and the matching columns, so a smaller `size` average-pools and a larger
+    one repeats cells (nearest upsampling for integer ratios).
+
+    Args:
+        x: `(B, H, W, C)` with static `H`, `W`.
+        size: target `(h, w)`.
+
+    Returns:
+        `(B, h, w, C)` float32.
+
+    Example:
+
+    >>> adaptive_average_pool(ops.ones((2, 8, 8, 3)), (4, 4)).shape   # (2, 4, 4, 3)
+    """
+    x = ops.cast(x, "float32")
+    (height, width), size = x.shape[1:3], tuple(size)
+    if (height, width) == size:
+        return x
+    return ops.einsum(
+        "ph,bhwc,qw->bpqc",
+        _bin_averages(height, size[0]),
+        x,
+        _bin_averages(width, size[1]),
+    )
