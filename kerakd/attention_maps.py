@@ -34,8 +34,7 @@ class AttentionMapImages(callbacks.Callback):
     Example:
 
     >>> def maps(distiller, images):
-    ...     taps, _ = distiller._student_net(images, training=False)
-    ...     return {"classifier": dict(zip(["stage1", "stage2"], taps["features"]))}
+    ...     return {"classifier": distiller.student_features(images)}
     >>> distiller.fit(ds, callbacks=[AttentionMapImages("logs", images, maps)])
     """
 

@@ -34,6 +34,11 @@ class _Tapped:
         by_name = dict(zip(self.names, taps))
         return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
 
+    def features(self, images, training):
+        """`{layer name: features}` of every tapped layer."""
+        outputs = self.model(images, training=training)
+        return dict(zip(self.names, outputs[:-1] if isinstance(outputs, (list, tuple)) else []))
+
     def shapes(self, batch_size):
         *taps, logits = self.model.outputs
         by_name = {n: (batch_size, *t.shape[1:]) for n, t in zip(self.names, taps)}
@@ -356,6 +361,29 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         """The student's logits (so `predict` and `evaluate` see the student)."""
         return self.student(self._images_of(inputs), training=training)
+
+    def student_features(self, images, training=False):
+        """The student's features at the layers the method taps.
+
+        Args:
+            images: a batch `(B, H, W, C)`.
+            training: run in training mode (BatchNorm batch statistics).
+
+        Returns:
+            `{layer name: (B, ...) features}`, in tap order.
+
+        Example:
+
+        >>> distiller.student_features(images)["stage1"].shape   # (B, 32, 32, 16)
+        """
+        return self._student_net.features(self._images_of(images), training)
+
+    def teacher_features(self, images):
+        """The teacher's features (inference mode) at the layers the method
+        taps, as `student_features`; `{}` without a teacher."""
+        if self._teacher_net is None:
+            return {}
+        return self._teacher_net.features(self._images_of(images), False)
 
     def _forward_teacher(self, images):
         taps, logits = self._teacher_net(images, training=False)

@@ -55,8 +55,8 @@ def test_frskd_writes_classifier_and_refined_maps_every_epoch(student, tmp_path)
             assert images.max() == 255
 
     # Epoch 1's classifier maps are those of the trained student.
-    taps, _ = distiller._student_net(sample_images[:4], training=False)
-    want = attention_image(taps["features"][2], IMAGE_SHAPE[:2]).numpy()
+    stage3 = distiller.student_features(sample_images[:4])["stage3"]
+    want = attention_image(stage3, IMAGE_SHAPE[:2]).numpy()
     got = summaries["classifier/stage3"][1][1]
     np.testing.assert_allclose(got / 255.0, want, atol=1 / 255)
 

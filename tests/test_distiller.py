@@ -229,3 +229,14 @@ def test_method_sees_taps_by_role_in_order(teacher, student):
     assert [tuple(s) for s in seen["features"]] == [(8, 16, 16, 16), (8, 8, 8, 32), (8, 4, 4, 64)]
     assert [tuple(s) for s in seen["embedding"]] == [(8, 64)]
     assert [tuple(s) for s in seen["teacher"]] == [(8, 4, 4, 256)]
+
+
+def test_features_of_the_tapped_layers_by_name(teacher, student):
+    distiller = kerakd.Distiller(student, "at", teacher)
+    images = make_images(4)
+    features = distiller.student_features(images)
+    assert list(features) == ["stage1", "stage2", "stage3"]
+    reference = keras.Model(student.inputs, student.get_layer("stage2").output)
+    np.testing.assert_allclose(features["stage2"], reference(images, training=False), rtol=1e-5)
+    assert list(distiller.teacher_features(images)) == ["stage1", "stage2", "stage3"]
+    assert kerakd.Distiller(student, "none").teacher_features(images) == {}

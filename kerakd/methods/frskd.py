@@ -110,10 +110,8 @@ class FRSKD(Method):
     def attention_sources(self, distiller, images):
         """`{"classifier": {tap: f_i}, "self_teacher": {tap: relu(o_i)}}` for
         `images`, both networks in inference mode."""
-        net = distiller._student_net
-        taps, _ = net(images, training=False)
         # By layer name, not role: in a composition the role is prefixed.
-        by_name = {n: t for role, ts in taps.items() for n, t in zip(net.roles[role], ts)}
+        by_name = distiller.student_features(images)
         names = self.spec.student_tap_names["features"]
         features, refined, _ = self.refine([by_name[n] for n in names], training=False)
         return {
