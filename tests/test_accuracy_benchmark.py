@@ -15,7 +15,7 @@ def run_benchmark(tmp_path, epochs=1, check=True):
             "--steps_per_epoch=1", "--batch_size=16",
             f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
             f"--figures_dir={tmp_path / 'docs'}", f"--output={tmp_path / 'docs' / 'b.md'}"]
-    completed = subprocess.run(args, capture_output=True, text=True, timeout=300,
+    completed = subprocess.run(args, capture_output=True, text=True, timeout=600,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if check:
         assert completed.returncode == 0, completed.stderr[-3000:]
