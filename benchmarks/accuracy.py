@@ -12,8 +12,9 @@ each pair (`PAIRS`) it trains the teacher once, then the student with each of
 the pair's methods and each seed; methods without a teacher (the plain student
 and the self-distillation methods) depend only on the student, so pairs with
 the same student share those runs. Runs go under `--runs_dir`; a run whose
-`results.json` exists is reused, and a killed run resumes from its last epoch,
-so the same command run again finishes an interrupted benchmark.
+`results.json` exists is reused (a run of other flags there stops the script
+rather than be reported as this recipe's), and a killed run resumes from its
+last epoch, so the same command run again finishes an interrupted benchmark.
 
 Outputs: the raw results as JSON in `--results_dir`, a bar chart of final test
 accuracy and the mean validation-accuracy curves (read from each run's

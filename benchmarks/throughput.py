@@ -114,7 +114,8 @@ class MemoryUse:
 
     On a GPU: the allocator's peak (`tf.config.experimental.get_memory_info`).
     On a CPU, where TensorFlow reports none: the growth of the process's
-    resident set size (Linux's /proc/self/statm), which misses memory freed before the end.
+    resident set size (Linux's /proc/self/statm), which misses memory freed
+    before the end.
     """
 
     def __init__(self):
@@ -125,8 +126,7 @@ class MemoryUse:
 
     @property
     def kind(self):
-        return ("GPU allocator peak" if self.gpu
-                else "growth of the process's RSS")
+        return "GPU allocator peak" if self.gpu else "growth of the process's RSS"
 
     def _used(self):
         if self.gpu:

@@ -29,15 +29,14 @@ class _Tapped:
         return cls(model, {r: resolve_taps(model, spec) for r, spec in roles.items()})
 
     def __call__(self, images, training):
-        outputs = self.model(images, training=training)
-        *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        by_name = dict(zip(self.names, taps))
+        by_name, logits = self.features(images, training)
         return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
 
     def features(self, images, training):
-        """`{layer name: features}` of every tapped layer."""
+        """`({layer name: features}, logits)` of one forward pass."""
         outputs = self.model(images, training=training)
-        return dict(zip(self.names, outputs[:-1] if isinstance(outputs, (list, tuple)) else []))
+        *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return dict(zip(self.names, taps)), logits
 
     def shapes(self, batch_size):
         *taps, logits = self.model.outputs
@@ -376,14 +375,14 @@ class Distiller(keras.Model):
 
         >>> distiller.student_features(images)["stage1"].shape   # (B, 32, 32, 16)
         """
-        return self._student_net.features(self._images_of(images), training)
+        return self._student_net.features(self._images_of(images), training)[0]
 
     def teacher_features(self, images):
         """The teacher's features (inference mode) at the layers the method
         taps, as `student_features`; `{}` without a teacher."""
         if self._teacher_net is None:
             return {}
-        return self._teacher_net.features(self._images_of(images), False)
+        return self._teacher_net.features(self._images_of(images), False)[0]
 
     def _forward_teacher(self, images):
         taps, logits = self._teacher_net(images, training=False)

@@ -25,9 +25,9 @@ from kerakd import methods
 from kerakd import models
 from kerakd import taps
 from kerakd.data import AUGMENTATIONS
+from kerakd.distiller import NAN_POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-NAN_POLICIES = ("stop", "skip_batch")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
