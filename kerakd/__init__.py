@@ -15,7 +15,7 @@ except ImportError as error:  # pragma: no cover - depends on the install
         "`pip install kerakd[cpu]` or `pip install kerakd[gpu]`."
     ) from error
 
-from kerakd import data, losses, methods, models, taps  # noqa: E402
+from kerakd import data, losses, methods, models, nn, taps  # noqa: E402
 from kerakd.distiller import Distiller  # noqa: E402
 
-__all__ = ["Distiller", "data", "losses", "methods", "models", "taps", "__version__"]
+__all__ = ["Distiller", "data", "losses", "methods", "models", "nn", "taps", "__version__"]

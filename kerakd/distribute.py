@@ -24,6 +24,15 @@ def scale_for_replicas(loss):
     return loss * tf.cast(1.0 / replicas, loss.dtype)
 
 
+def sum_over_replicas(values):
+    """The sum of each tensor of `values` over the replicas in sync (the
+    values themselves outside a strategy)."""
+    if num_replicas() == 1:
+        return list(values)
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, list(values))
+
+
 def is_multi_worker():
     """True under a MultiWorkerMirroredStrategy spanning several workers."""
     strategy = tf.distribute.get_strategy()
@@ -50,8 +59,9 @@ def synchronize_batchnorm(model):
     By default each replica normalizes with its own batch statistics (as
     PyTorch DDP without SyncBN); synchronized BatchNorm uses the statistics of
     the global batch, which helps when per-replica batches are small. The copy
-    holds the same weights; it is a plain Keras model (`synchronized=True` is a
-    core BatchNormalization option), so it saves and loads without kerakd.
+    holds the same weights and the same layer classes (`synchronized=True` is
+    a core BatchNormalization option, which `kerakd.nn.BatchNormalization`
+    keeps).
 
     Args:
         model: a functional Keras model.

@@ -166,7 +166,7 @@ class RunProgress(keras.callbacks.Callback):
 
     def _save_best(self):
         temporary = os.path.join(os.path.dirname(self.best_path), "best.tmp.keras")
-        self.student.save(temporary)
+        models.core_keras(self.student).save(temporary)
         os.replace(temporary, self.best_path)
 
 
@@ -374,6 +374,7 @@ def _make_distiller(flag_values, student, method, teacher):
             teacher_taps=kerakd_flags.parse_taps(fv.teacher_taps),
             weight_decay=0.0 if fv.optimizer == "adamw" else fv.weight_decay,
             nan_policy=fv.nan_policy,
+            clip_grad_norm=fv.clip_grad_norm,
         )
     except ValueError as error:
         taps = "".join(f" --{side}={','.join(fv[side].value)}"
@@ -516,7 +517,7 @@ def train(flag_values):
                 f"{weights_digest(teacher)[:12]}... now); a method must not update "
                 "its teacher. The student is not saved; fix the method."
             )
-        student.save(os.path.join(model_dir, "student.keras"))
+        models.core_keras(student).save(os.path.join(model_dir, "student.keras"))
     finally:
         keras.config.set_dtype_policy(previous_policy)
     state = progress.state

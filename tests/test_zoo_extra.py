@@ -172,7 +172,7 @@ def test_saved_models_reload_without_kerakd(tmp_path):
                 layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape))
                 layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
         expected[name] = np.asarray(model(images, training=False))
-        model.save(tmp_path / f"{name}.keras")
+        kerakd.models.core_keras(model).save(tmp_path / f"{name}.keras")
     _, stderr = loader.communicate(json.dumps(SAVED), timeout=300)
     assert loader.returncode == 0, stderr[-3000:]
     reloaded = np.load(tmp_path / "reloaded.npz")

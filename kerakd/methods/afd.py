@@ -12,11 +12,13 @@ from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.models import layers as zoo_layers
+from kerakd.nn import initializers
+from kerakd.nn import layers as nn_layers
 
 
-def _dense_bn(units, relu, name):
-    # The reference's nn_bn_relu: Linear -> BatchNorm1d (-> ReLU).
-    stack = [keras.layers.Dense(units, name="dense"), zoo_layers.batch_norm("bn")]
+def _dense_bn(units, in_features, relu, name):
+    # The reference's nn_bn_relu: Linear -> BatchNorm1d (-> ReLU), PyTorch's init.
+    stack = [nn_layers.linear(units, in_features, name="dense"), zoo_layers.batch_norm("bn")]
     if relu:
         stack.append(keras.layers.ReLU(name="relu"))
     return keras.Sequential(stack, name=name)
@@ -97,19 +99,22 @@ class AFD(Method):
         super().build(spec)
         student, teacher = spec.student["features"], spec.teacher["features"]
         d = self.qk_dim
-        self.queries = [_dense_bn(d, False, f"query_{t}") for t in range(len(teacher))]
+        self.queries = [_dense_bn(d, shape[-1], False, f"query_{t}")
+                        for t, shape in enumerate(teacher)]
         for query, shape in zip(self.queries, teacher):
             query.build((None, shape[-1]))
-        self.keys = [_dense_bn(d, True, f"key_{s}") for s in range(len(student))]
+        self.keys = [_dense_bn(d, shape[-1], True, f"key_{s}") for s, shape in enumerate(student)]
         for key, shape in zip(self.keys, student):
             key.build((None, shape[-1]))
-        self.bilinear = _dense_bn(d * len(teacher), False, "bilinear")
+        self.bilinear = _dense_bn(d * len(teacher), d, False, "bilinear")
         self.bilinear.build((None, d))
         self.teacher_positions = self.add_weight(
-            shape=(len(teacher), d), initializer="glorot_normal", name="teacher_positions"
+            shape=(len(teacher), d), initializer=initializers.xavier_normal(),
+            name="teacher_positions"
         )
         self.student_positions = self.add_weight(
-            shape=(len(student), d), initializer="glorot_normal", name="student_positions"
+            shape=(len(student), d), initializer=initializers.xavier_normal(),
+            name="student_positions"
         )
         self.link_matrix = link_matrix.add_variable(self, (len(teacher), len(student)))
 

@@ -9,6 +9,7 @@ from kerakd import losses
 from kerakd import methods
 from kerakd.methods import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.nn import layers as nn_layers
 
 
 def standardize_logits(logits):
@@ -185,12 +186,13 @@ class AID(Method):
             inputs, features = branches.branch_features(
                 self.branch_builder, taps[stage], taps[-1], name
             )
-            adapter = keras.layers.Dense(
-                teacher_feature[-1], use_bias=False, name=f"{name}_adapter"
+            adapter = nn_layers.linear(
+                teacher_feature[-1], features.shape[-1], use_bias=False, name=f"{name}_adapter"
             )
             outputs = [
                 features,
-                keras.layers.Dense(spec.num_classes, name=f"{name}_classifier")(features),
+                nn_layers.linear(spec.num_classes, features.shape[-1],
+                                 name=f"{name}_classifier")(features),
                 adapter(features),
             ]
             self.branches.append(keras.Model(inputs, outputs, name=name))
@@ -202,9 +204,9 @@ class AID(Method):
         self.projection = keras.Sequential(
             [
                 keras.Input((width,)),
-                keras.layers.Dense(width, name="dense1"),
+                nn_layers.linear(width, width, name="dense1"),
                 keras.layers.ReLU(name="relu"),
-                keras.layers.Dense(width, name="dense2"),
+                nn_layers.linear(width, width, name="dense2"),
             ],
             name="projection",
         )

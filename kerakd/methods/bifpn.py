@@ -12,15 +12,16 @@ Layer names (used by tests and TensorBoard): `lat{i}_*`, `lat2_{i}_*`
 
 Follows the authors' code (MingiJi/FRSKD, `models/bifpnc.py`) where the paper
 is loose: nearest (not bilinear) up-sampling, a max-pool with TensorFlow
-"SAME" padding for down-sampling, one BiFPN layer of depth 2. Convolutions
-use the zoo's initialisers (`kerakd.models.layers`); the reference keeps
-PyTorch's defaults, which conventions.md allows to differ.
+"SAME" padding for down-sampling, one BiFPN layer of depth 2. Every
+convolution and the classifier keep PyTorch's default initialization, as
+the reference does (it sets none).
 """
 
 import keras
 from keras import ops
 
 from kerakd.models import layers as L
+from kerakd.nn import layers as nn_layers
 
 # Separable convolutions per DCB3x3 block (the reference's `--depth 2`).
 BLOCK_DEPTH = 2
@@ -77,7 +78,7 @@ class FastNormalizedFusion(keras.layers.Layer):
 
 def conv_bn_relu(x, filters, name):
     """DCB1x1: conv1x1 -> BN -> ReLU."""
-    x = L.conv(x, filters, 1, name=f"{name}_conv")
+    x = L.conv(x, filters, 1, name=f"{name}_conv", init="torch_default")
     x = L.batch_norm(f"{name}_bn")(x)
     return L.relu(x, name=f"{name}_relu")
 
@@ -89,8 +90,8 @@ def separable_block(x, name, depth=BLOCK_DEPTH):
     for k in range(1, depth + 1):
         if k > 1:
             x = L.relu(x, name=f"{name}_relu{k}")
-        x = L.depthwise_conv(x, 3, name=f"{name}_dw{k}")
-        x = L.conv(x, filters, 1, name=f"{name}_pw{k}")
+        x = L.depthwise_conv(x, 3, name=f"{name}_dw{k}", init="torch_default")
+        x = L.conv(x, filters, 1, name=f"{name}_pw{k}", init="torch_default")
         x = L.batch_norm(f"{name}_bn{k}")(x)
     return x
 
@@ -174,5 +175,5 @@ def bifpnc(feature_shapes, num_classes, width=2, name="bifpnc"):
 
     refined = [L.relu(o, name=f"refined{i}") for i, o in enumerate(outputs)]
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(refined[-1])
-    logits = keras.layers.Dense(num_classes, name="logits")(pooled)
+    logits = nn_layers.linear(num_classes, pooled.shape[-1], name="logits")(pooled)
     return keras.Model(inputs, [*refined, logits], name=name)

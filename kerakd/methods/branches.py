@@ -79,13 +79,15 @@ def separable_block(x, filters, strides, name):
     """depthwise3x3(stride) -> conv1x1 -> BN -> ReLU -> depthwise3x3 -> conv1x1 -> BN -> ReLU.
 
     The first 1x1 convolution changes the channel count (choice; the spec
-    leaves open which one does).
+    leaves open which one does). PyTorch's default initialization (choice:
+    the methods these heads serve publish no code; every reference method
+    module keeps PyTorch's defaults).
     """
-    x = L.depthwise_conv(x, 3, strides, name=f"{name}_dw1")
-    x = L.conv(x, filters, 1, name=f"{name}_pw1")
+    x = L.depthwise_conv(x, 3, strides, name=f"{name}_dw1", init="torch_default")
+    x = L.conv(x, filters, 1, name=f"{name}_pw1", init="torch_default")
     x = L.relu(L.batch_norm(f"{name}_bn1")(x), name=f"{name}_relu1")
-    x = L.depthwise_conv(x, 3, name=f"{name}_dw2")
-    x = L.conv(x, filters, 1, name=f"{name}_pw2")
+    x = L.depthwise_conv(x, 3, name=f"{name}_dw2", init="torch_default")
+    x = L.conv(x, filters, 1, name=f"{name}_pw2", init="torch_default")
     return L.relu(L.batch_norm(f"{name}_bn2")(x), name=f"{name}_relu2")
 
 

@@ -11,6 +11,7 @@ from kerakd import methods
 from kerakd.methods.base import (
     Method, MethodOutput, check_non_negative, check_one_pair, check_positive)
 from kerakd.methods.feature_ops import l2_normalize
+from kerakd.nn import layers as nn_layers
 
 # RepDistiller's `eps` in `ContrastLoss`.
 _NCE_EPSILON = 1e-7
@@ -31,10 +32,12 @@ class Embed(keras.layers.Layer):
     def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.dense = keras.layers.Dense(units, name="linear")
 
     def build(self, input_shape):
-        self.dense.build((input_shape[0], math.prod(input_shape[1:])))
+        # nn.Linear's init, whose bias bound needs the input width.
+        in_features = math.prod(input_shape[1:])
+        self.dense = nn_layers.linear(self.units, in_features, name="linear")
+        self.dense.build((input_shape[0], in_features))
 
     def call(self, features):
         flat = ops.reshape(features, (ops.shape(features)[0], -1))

@@ -6,6 +6,8 @@ from keras import ops
 from kerakd import losses
 from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative
+from kerakd.models import layers as zoo_layers
+from kerakd.nn import layers as nn_layers
 
 
 @methods.register("fitnet")
@@ -58,8 +60,8 @@ class FitNet(Method):
             )
         self.regressor = keras.Sequential(
             [
-                keras.layers.Conv2D(t_shape[-1], 1, use_bias=False, name="conv"),
-                keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn"),
+                nn_layers.conv2d(t_shape[-1], 1, name="conv"),
+                zoo_layers.batch_norm("bn"),
             ],
             name="regressor",
         )

@@ -14,6 +14,7 @@ from kerakd import losses
 from kerakd import methods
 from kerakd.methods import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.nn import layers as nn_layers
 from kerakd.taps import resolve_taps
 
 
@@ -235,7 +236,8 @@ class LFMA(Method):
             inputs, features = branches.branch_features(
                 self.head_builder, taps[i], taps[-1], name
             )
-            logits = keras.layers.Dense(spec.num_classes, name=f"{name}_logits")(features)
+            logits = nn_layers.linear(spec.num_classes, features.shape[-1],
+                                      name=f"{name}_logits")(features)
             self.heads.append(keras.Model(inputs, logits, name=name))
 
     def call(self, data, training=False):

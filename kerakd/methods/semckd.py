@@ -9,6 +9,7 @@ from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.models import layers as zoo_layers
+from kerakd.nn import layers as nn_layers
 
 
 def gram(features):
@@ -23,8 +24,9 @@ def _embedding(batch_size, name):
     width = batch_size // 4
     return keras.Sequential(
         [
-            keras.layers.Dense(2 * width, activation="relu", dtype="float32", name="hidden"),
-            keras.layers.Dense(width, dtype="float32", name="out"),
+            nn_layers.linear(2 * width, batch_size, activation="relu", dtype="float32",
+                             name="hidden"),
+            nn_layers.linear(width, 2 * width, dtype="float32", name="out"),
         ],
         name=name,
     )
@@ -35,13 +37,13 @@ def _projector(teacher_channels, name):
     mid = 2 * teacher_channels
     return keras.Sequential(
         [
-            keras.layers.Conv2D(mid, 1, use_bias=False, name="conv1"),
+            nn_layers.conv2d(mid, 1, name="conv1"),
             zoo_layers.batch_norm("bn1"),
             keras.layers.ReLU(name="relu1"),
-            keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name="conv2"),
+            nn_layers.conv2d(mid, 3, padding="same", name="conv2"),
             zoo_layers.batch_norm("bn2"),
             keras.layers.ReLU(name="relu2"),
-            keras.layers.Conv2D(teacher_channels, 1, use_bias=False, name="conv3"),
+            nn_layers.conv2d(teacher_channels, 1, name="conv3"),
         ],
         name=name,
     )

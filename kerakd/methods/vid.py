@@ -11,6 +11,7 @@ from kerakd import methods
 from kerakd.methods.base import (
     Method, MethodOutput, check_non_negative, check_paired_taps, check_positive,
 )
+from kerakd.nn import layers as nn_layers
 
 
 def _pool_factor(size, target, side):
@@ -104,9 +105,9 @@ class VID(Method):
             channels = t_shape[-1]
             regressor = keras.Sequential(
                 [
-                    keras.layers.Conv2D(channels, 1, use_bias=False, activation="relu"),
-                    keras.layers.Conv2D(channels, 1, use_bias=False, activation="relu"),
-                    keras.layers.Conv2D(channels, 1, use_bias=False),
+                    nn_layers.conv2d(channels, 1, activation="relu"),
+                    nn_layers.conv2d(channels, 1, activation="relu"),
+                    nn_layers.conv2d(channels, 1),
                 ],
                 name=f"regressor{i}",
             )

@@ -1,13 +1,18 @@
 """The model zoo: functional Keras models from core layers, by name.
 
-Every model is a plain functional `keras.Model` (no kerakd layer), so a saved
-student loads in a process that never imported kerakd. Tap layers follow the
-naming convention of `kerakd.taps`.
+Every model is a functional `keras.Model` of core Keras layers and one kerakd
+layer, `kerakd.nn.BatchNormalization` (PyTorch's moving-variance update), each
+initialized as its reference zoo does (`kerakd.models.layers`). For
+deployment, `core_keras(model)` swaps that layer for Keras's own (identical
+inference), so the saved student loads in a process that never imports
+kerakd; `kerakd-train` saves its `student.keras` and `best.keras` that way.
+Tap layers follow the naming convention of `kerakd.taps`.
 
 >>> kerakd.models.available()
 >>> model = kerakd.models.get("resnet8x4", num_classes=100, input_shape=(32, 32, 3))
 """
 
+from kerakd.nn import core_keras  # noqa: F401  (a public name of this package)
 from kerakd.registry import Registry
 
 registry = Registry("model")

@@ -1,8 +1,14 @@
-"""Building blocks of the zoo, with PyTorch-parity numerics (conventions.md).
+"""Building blocks of the zoo, with PyTorch-parity numerics
+(`docs/methods/conventions.md`).
 
-- BatchNorm with epsilon 1e-5, momentum 0.9 (PyTorch's 1e-5 / 0.1).
-- Convolutions without bias, He-normal over fan-out (PyTorch's
-  `kaiming_normal_(mode="fan_out")` used by the reference zoos).
+- BatchNorm: `kerakd.nn.BatchNormalization` (epsilon 1e-5, momentum 0.9, and
+  PyTorch's moving-variance update).
+- Convolutions without bias, initialized as the model's reference zoo does
+  (`init`): He-normal over fan-out (`kaiming_normal_(mode="fan_out")`, the
+  RepDistiller/mdistiller zoo and torchvision) or PyTorch's default (models
+  whose reference code sets no initializer: ShuffleNets, the CIFAR-stem
+  ResNets).
+- Classifiers initialized as the reference's (`classifier(init=...)`).
 - Strided 3x3 convolutions pad one pixel on every side, like PyTorch's
   `padding=1`, rather than Keras's bottom/right-only "same" padding.
 
@@ -12,17 +18,33 @@ name the classifier `logits` (see `kerakd.taps`).
 
 import keras
 
-def conv_init():
-    """He-normal over fan-out, a new one per layer: an initializer made once
-    and shared would hold one integer seed, drawn at import (before any
-    `keras.utils.set_random_seed`), and give equal-shaped kernels equal values."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
+from kerakd.nn import BatchNormalization
+from kerakd.nn import initializers
+
+# The two conv initializations of the reference zoos (a new one per layer).
+CONV_INITS = {
+    "kaiming_fan_out": initializers.kaiming_normal_fan_out,
+    "torch_default": initializers.torch_default,
+}
+# The reference classifiers' (kernel, bias) initializers, given the fan-in.
+CLASSIFIER_INITS = {
+    # nn.Linear left as built (RepDistiller resnet, ShuffleNets, torchvision).
+    "torch_default": lambda fan_in: (initializers.torch_default("dense"),
+                                     initializers.torch_default_bias(fan_in)),
+    # RepDistiller wrn: the default weight, the bias zeroed.
+    "zero_bias": lambda fan_in: (initializers.torch_default("dense"), initializers.zeros()),
+    # RepDistiller vgg and mobilenetv2: normal_(0, 0.01), bias zeroed.
+    "normal": lambda fan_in: (initializers.normal(0.01), initializers.zeros()),
+}
+
+
+def _check(init, inits):
+    if init not in inits:
+        raise ValueError(f"Unknown init '{init}'; expected one of {sorted(inits)}.")
 
 
 def batch_norm(name=None):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return BatchNormalization(name=name)
 
 
 def _pytorch_padding(x, kernel_size, strides, name):
@@ -37,8 +59,10 @@ def _pytorch_padding(x, kernel_size, strides, name):
     return x, "same"
 
 
-def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
-    """A bias-free convolution with PyTorch's symmetric `padding=k//2`."""
+def conv(x, filters, kernel_size, strides=1, name=None, groups=1, init="kaiming_fan_out"):
+    """A bias-free convolution with PyTorch's symmetric `padding=k//2`,
+    initialized by `init` (a key of `CONV_INITS`)."""
+    _check(init, CONV_INITS)
     x, padding = _pytorch_padding(x, kernel_size, strides, name)
     return keras.layers.Conv2D(
         filters,
@@ -47,20 +71,22 @@ def conv(x, filters, kernel_size, strides=1, name=None, groups=1):
         padding=padding,
         use_bias=False,
         groups=groups,
-        kernel_initializer=conv_init(),
+        kernel_initializer=CONV_INITS[init]("conv"),
         name=name,
     )(x)
 
 
-def depthwise_conv(x, kernel_size=3, strides=1, name=None):
-    """A bias-free depthwise convolution with PyTorch's symmetric padding."""
+def depthwise_conv(x, kernel_size=3, strides=1, name=None, init="kaiming_fan_out"):
+    """A bias-free depthwise convolution with PyTorch's symmetric padding,
+    initialized by `init` (a key of `CONV_INITS`)."""
+    _check(init, CONV_INITS)
     x, padding = _pytorch_padding(x, kernel_size, strides, name)
     return keras.layers.DepthwiseConv2D(
         kernel_size,
         strides=strides,
         padding=padding,
         use_bias=False,
-        depthwise_initializer=conv_init(),
+        depthwise_initializer=CONV_INITS[init]("depthwise"),
         name=name,
     )(x)
 
@@ -69,11 +95,15 @@ def relu(x, name=None):
     return keras.layers.ReLU(name=name)(x)
 
 
-def classifier(x, num_classes):
-    """Global average pool (`pool`, the penultimate tap) -> Dense `logits`.
+def classifier(x, num_classes, init="torch_default"):
+    """Global average pool (`pool`, the penultimate tap) -> Dense `logits`,
+    initialized by `init` (a key of `CLASSIFIER_INITS`).
 
     The logits are float32 under a mixed-precision policy (Keras's advice for
     the last layer), so exported students predict in full precision.
     """
+    _check(init, CLASSIFIER_INITS)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    kernel, bias = CLASSIFIER_INITS[init](x.shape[-1])
+    return keras.layers.Dense(num_classes, kernel_initializer=kernel, bias_initializer=bias,
+                              name="logits", dtype="float32")(x)

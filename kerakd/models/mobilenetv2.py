@@ -91,7 +91,7 @@ def mobilenetv2(num_classes=100, input_shape=(32, 32, 3)):
         if g in TAPPED_GROUPS:
             x = keras.layers.Identity(name=f"stage{TAPPED_GROUPS.index(g) + 1}")(x)
     x = _conv_bn_relu(x, LAST_WIDTH, 1, 1, "head")
-    return keras.Model(inputs, L.classifier(x, num_classes), name="mobilenetv2")
+    return keras.Model(inputs, L.classifier(x, num_classes, init="normal"), name="mobilenetv2")
 
 
 models.register_all({"mobilenetv2": mobilenetv2})

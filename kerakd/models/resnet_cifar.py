@@ -29,15 +29,16 @@ CONFIGS = {
 }
 
 
-def basic_block(x, filters, strides, name, output_name=None):
-    """conv3x3-BN-ReLU-conv3x3-BN + shortcut -> ReLU (named `output_name`)."""
+def basic_block(x, filters, strides, name, output_name=None, init="kaiming_fan_out"):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut -> ReLU (named `output_name`);
+    convolutions initialized by `init` (`kerakd.models.layers.CONV_INITS`)."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = L.conv(x, filters, 1, strides, name=f"{name}_down_conv")
+        shortcut = L.conv(x, filters, 1, strides, name=f"{name}_down_conv", init=init)
         shortcut = L.batch_norm(f"{name}_down_bn")(shortcut)
-    y = L.conv(x, filters, 3, strides, name=f"{name}_conv1")
+    y = L.conv(x, filters, 3, strides, name=f"{name}_conv1", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn1")(y), name=f"{name}_relu1")
-    y = L.conv(y, filters, 3, name=f"{name}_conv2")
+    y = L.conv(y, filters, 3, name=f"{name}_conv2", init=init)
     y = L.batch_norm(f"{name}_bn2")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return L.relu(y, name=output_name or f"{name}_out")

@@ -30,24 +30,30 @@ WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4  # bottleneck output width / inner width
 
 
-def bottleneck_block(x, filters, strides, name, output_name=None):
-    """1x1-BN-ReLU, 3x3 (strided)-BN-ReLU, 1x1 (4x filters)-BN, + shortcut, ReLU."""
+def bottleneck_block(x, filters, strides, name, output_name=None, init="kaiming_fan_out"):
+    """1x1-BN-ReLU, 3x3 (strided)-BN-ReLU, 1x1 (4x filters)-BN, + shortcut, ReLU;
+    convolutions initialized by `init` (`kerakd.models.layers.CONV_INITS`)."""
     out_channels = filters * EXPANSION
     shortcut = x
     if strides != 1 or x.shape[-1] != out_channels:
-        shortcut = L.conv(x, out_channels, 1, strides, name=f"{name}_down_conv")
+        shortcut = L.conv(x, out_channels, 1, strides, name=f"{name}_down_conv", init=init)
         shortcut = L.batch_norm(f"{name}_down_bn")(shortcut)
-    y = L.conv(x, filters, 1, name=f"{name}_conv1")
+    y = L.conv(x, filters, 1, name=f"{name}_conv1", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn1")(y), name=f"{name}_relu1")
-    y = L.conv(y, filters, 3, strides, name=f"{name}_conv2")
+    y = L.conv(y, filters, 3, strides, name=f"{name}_conv2", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn2")(y), name=f"{name}_relu2")
-    y = L.conv(y, out_channels, 1, name=f"{name}_conv3")
+    y = L.conv(y, out_channels, 1, name=f"{name}_conv3", init=init)
     y = L.batch_norm(f"{name}_bn3")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return L.relu(y, name=output_name or f"{name}_out")
 
 
 BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
+
+# The conv initialization of each stem's reference: torchvision's loop
+# (kaiming fan-out) for the ImageNet ResNets; none in FRSKD's CIFAR ResNet-18,
+# so PyTorch's defaults.
+STEM_INITS = {"imagenet": "kaiming_fan_out", "cifar": "torch_default"}
 
 # name: (block kind, blocks per stage, stem)
 CONFIGS = {
@@ -61,9 +67,9 @@ CONFIGS = {
 
 def _stem(inputs, kind):
     if kind == "imagenet":
-        x = L.conv(inputs, 64, 7, 2, name="stem_conv")
+        x = L.conv(inputs, 64, 7, 2, name="stem_conv", init=STEM_INITS[kind])
     else:
-        x = L.conv(inputs, 64, 3, name="stem_conv")
+        x = L.conv(inputs, 64, 3, name="stem_conv", init=STEM_INITS[kind])
     x = L.relu(L.batch_norm("stem_bn")(x), name="stem_relu")
     if kind == "imagenet":
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
@@ -94,7 +100,8 @@ def resnet(block, blocks_per_stage, stem, num_classes, input_shape, name):
         for i in range(n):
             k += 1
             strides = 2 if stage > 1 and i == 0 else 1
-            x = block_fn(x, filters, strides, f"s{stage}b{i + 1}", output_name=f"block{k}")
+            x = block_fn(x, filters, strides, f"s{stage}b{i + 1}", output_name=f"block{k}",
+                         init=STEM_INITS[stem])
         x = keras.layers.Identity(name=f"stage{stage}")(x)
     return keras.Model(inputs, L.classifier(x, num_classes), name=name)
 

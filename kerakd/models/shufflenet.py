@@ -25,6 +25,8 @@ stage's last unit), and `pool`. At 32 px: 16x16, 8x8, 4x4.
 >>> model = kerakd.models.get("shufflenetv2", num_classes=100)
 """
 
+import functools
+
 import keras
 
 from kerakd import models
@@ -51,6 +53,11 @@ def split_channels(x, name):
     return parts
 
 
+# The reference ShuffleNets set no initializer: PyTorch's defaults throughout.
+_conv = functools.partial(L.conv, init="torch_default")
+_depthwise_conv = functools.partial(L.depthwise_conv, init="torch_default")
+
+
 def _bn(x, name, relu=False):
     x = L.batch_norm(f"{name}_bn")(x)
     return L.relu(x, name=f"{name}_relu") if relu else x
@@ -63,7 +70,7 @@ def _stem(input_shape):
             f"with it); got input_shape={tuple(input_shape)}."
         )
     inputs = keras.Input(input_shape, name="images")
-    return inputs, _bn(L.conv(inputs, 24, 1, name="stem_conv"), "stem", relu=True)
+    return inputs, _bn(_conv(inputs, 24, 1, name="stem_conv"), "stem", relu=True)
 
 
 # -- ShuffleNet V1 ----------------------------------------------------------
@@ -75,12 +82,12 @@ def shuffle_unit_v1(x, out_channels, strides, groups, name, output_name=None):
     # A stride-2 unit concatenates its pooled input, so its branch is narrower.
     branch = out_channels - in_channels if strides == 2 else out_channels
     first_groups = 1 if in_channels == 24 else groups
-    y = L.conv(x, branch // 4, 1, groups=first_groups, name=f"{name}_conv1")
+    y = _conv(x, branch // 4, 1, groups=first_groups, name=f"{name}_conv1")
     y = _bn(y, f"{name}_conv1", relu=True)
     if first_groups > 1:
         y = channel_shuffle(y, first_groups, f"{name}_shuffle")
-    y = _bn(L.depthwise_conv(y, 3, strides, name=f"{name}_dw"), f"{name}_dw", relu=True)
-    y = _bn(L.conv(y, branch, 1, groups=groups, name=f"{name}_conv3"), f"{name}_conv3")
+    y = _bn(_depthwise_conv(y, 3, strides, name=f"{name}_dw"), f"{name}_dw", relu=True)
+    y = _bn(_conv(y, branch, 1, groups=groups, name=f"{name}_conv3"), f"{name}_conv3")
     if strides == 2:
         # AvgPool2d(3, 2, padding=1) counts the zero padding (count_include_pad).
         shortcut = keras.layers.ZeroPadding2D(1, name=f"{name}_pool_pad")(x)
@@ -120,15 +127,15 @@ def shufflenetv1(num_classes=100, input_shape=(32, 32, 3), groups=3,
 
 def _branch_v2(x, channels, strides, name):
     """1x1 conv-BN-ReLU -> 3x3 depthwise-BN -> 1x1 conv-BN-ReLU."""
-    y = _bn(L.conv(x, channels, 1, name=f"{name}_conv1"), f"{name}_conv1", relu=True)
-    y = _bn(L.depthwise_conv(y, 3, strides, name=f"{name}_dw"), f"{name}_dw")
-    return _bn(L.conv(y, channels, 1, name=f"{name}_conv2"), f"{name}_conv2", relu=True)
+    y = _bn(_conv(x, channels, 1, name=f"{name}_conv1"), f"{name}_conv1", relu=True)
+    y = _bn(_depthwise_conv(y, 3, strides, name=f"{name}_dw"), f"{name}_dw")
+    return _bn(_conv(y, channels, 1, name=f"{name}_conv2"), f"{name}_conv2", relu=True)
 
 
 def down_unit_v2(x, out_channels, name):
     """Stride-2 unit: both halves of the output see the whole input."""
-    left = _bn(L.depthwise_conv(x, 3, 2, name=f"{name}_left_dw"), f"{name}_left_dw")
-    left = L.conv(left, out_channels // 2, 1, name=f"{name}_left_conv")
+    left = _bn(_depthwise_conv(x, 3, 2, name=f"{name}_left_dw"), f"{name}_left_dw")
+    left = _conv(left, out_channels // 2, 1, name=f"{name}_left_conv")
     left = _bn(left, f"{name}_left_conv", relu=True)
     right = _branch_v2(x, out_channels // 2, 2, f"{name}_right")
     y = keras.layers.Concatenate(name=f"{name}_concat")([left, right])
@@ -165,7 +172,7 @@ def shufflenetv2(num_classes=100, input_shape=(32, 32, 3),
             x = basic_unit_v2(
                 x, f"s{stage}u{i + 1}", output_name=f"stage{stage}" if i == n - 1 else None
             )
-    x = _bn(L.conv(x, last_width, 1, name="head_conv"), "head", relu=True)
+    x = _bn(_conv(x, last_width, 1, name="head_conv"), "head", relu=True)
     return keras.Model(inputs, L.classifier(x, num_classes), name="shufflenetv2")
 
 

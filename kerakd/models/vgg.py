@@ -42,7 +42,7 @@ def conv_group(x, widths, name, output_name=None):
     for j, filters in enumerate(widths, start=1):
         # Stride 1 throughout, so Keras "same" equals PyTorch's padding=1.
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer=L.conv_init(),
+            filters, 3, padding="same", kernel_initializer=L.CONV_INITS["kaiming_fan_out"]("conv"),
             name=f"{name}_conv{j}",
         )(x)
         x = L.batch_norm(f"{name}_bn{j}")(x)
@@ -71,7 +71,7 @@ def vgg(groups, num_classes, input_shape, name):
         if i < 4 or pool_before_last:
             x = keras.layers.MaxPooling2D(2, name=f"maxpool{i}")(x)
         x = conv_group(x, widths, f"g{i}", output_name=f"stage{i}")
-    return keras.Model(inputs, L.classifier(x, num_classes), name=name)
+    return keras.Model(inputs, L.classifier(x, num_classes, init="normal"), name=name)
 
 
 def _factory(name):

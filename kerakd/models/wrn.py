@@ -60,7 +60,7 @@ def wide_resnet(depth, widen, num_classes, input_shape, name):
             x = wide_block(x, activated, filters, 2 if stage > 1 and i == 0 else 1,
                            f"s{stage}b{i + 1}", out_name=out_name)
     x = _preact(x, "final", tap_name=f"block{block}")
-    return keras.Model(inputs, L.classifier(x, num_classes), name=name)
+    return keras.Model(inputs, L.classifier(x, num_classes, init="zero_bias"), name=name)
 
 
 def _factory(name):
