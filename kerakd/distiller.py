@@ -181,6 +181,14 @@ class Distiller(keras.Model):
             variable (student and method) before the optimizer step: PyTorch's
             SGD `weight_decay`, which the papers' recipes use. Keras optimizers'
             own `weight_decay` is decoupled (AdamW-style) and differs.
+        clip_grad_norm: if positive, the loss gradient of each step (over the
+            global batch, before weight decay is added) is scaled down to this
+            global L2 norm when it is larger: PyTorch's
+            `clip_grad_norm_` before `optimizer.step()`. Off (0) by default;
+            an opt-in safeguard for methods whose large feature terms make
+            early steps diverge at high learning rates
+            (`docs/benchmarks.md`, SemCKD). Keras optimizers' own
+            `global_clipnorm` clips each replica's share separately.
         nan_policy: what a NaN or Inf loss term does in training: `"stop"`
             (`fit` raises `NonFiniteLossError` naming the term and the step)
             or `"skip_batch"` (that batch changes no weight and no optimizer
@@ -194,7 +202,7 @@ class Distiller(keras.Model):
     distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
     distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
     distiller.fit(train_ds, validation_data=val_ds, epochs=240)
-    distiller.student.save("student.keras")
+    kerakd.models.core_keras(distiller.student).save("student.keras")  # loads without kerakd
     ```
     """
 
@@ -207,6 +215,7 @@ class Distiller(keras.Model):
         teacher_taps=None,
         weight_decay=0.0,
         nan_policy="stop",
+        clip_grad_norm=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -230,6 +239,8 @@ class Distiller(keras.Model):
             )
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        if clip_grad_norm < 0:
+            raise ValueError(f"`clip_grad_norm` must be >= 0 (0: off), got {clip_grad_norm}.")
         _check_logits_model(student, "student")
         self.student = student
         self.method = method
@@ -238,6 +249,7 @@ class Distiller(keras.Model):
         self.teacher_taps = teacher_taps
         self.weight_decay = float(weight_decay)
         self.nan_policy = nan_policy
+        self.clip_grad_norm = float(clip_grad_norm)
         self._student_net = _Tapped.of(student, method.student_taps, student_taps, "student")
         self._teacher_net = None
         if teacher is not None:
@@ -421,6 +433,28 @@ class Distiller(keras.Model):
             for name, value in terms.items()
         )
 
+    def _clipped_with_weight_decay(self, gradients, variables):
+        """Per-replica gradients of the clipped global-batch loss gradient
+        plus weight decay: `(clip(sum over replicas) + wd * w) / replicas`,
+        which the optimizer's sum over replicas turns into PyTorch's step."""
+        scale = self._loss_scale()
+        replicas = distribute.num_replicas()
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        summed = distribute.sum_over_replicas([gradients[i] for i in present])
+        clipped, _ = tf.clip_by_global_norm(summed, self.clip_grad_norm * scale)
+        gradients = list(gradients)
+        for i, g in zip(present, clipped):
+            decay = self.weight_decay * ops.cast(variables[i], g.dtype) * scale
+            gradients[i] = (g + decay) / replicas
+        return gradients
+
+    def _loss_scale(self):
+        # Under mixed_float16 the gradients carry the loss scale until the
+        # LossScaleOptimizer removes it.
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(self.optimizer.scale_loss(1.0), "float32")
+        return 1.0
+
     def _l2_penalty(self, variables):
         if not self.weight_decay:
             return 0.0
@@ -465,11 +499,14 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             out = self._method_output(images, labels, True, index, teacher)
             total = self._total_loss(out.losses)
-            objective = total + self._l2_penalty(variables)
+            # Clipping reads the loss gradient alone; weight decay comes after.
+            objective = total if self.clip_grad_norm else total + self._l2_penalty(variables)
             objective = self.optimizer.scale_loss(
                 distribute.scale_for_replicas(objective)
             )
         gradients = tape.gradient(objective, variables)
+        if self.clip_grad_norm:
+            gradients = self._clipped_with_weight_decay(gradients, variables)
         if self.nan_policy == "stop":
             self.optimizer.apply_gradients(zip(gradients, variables))
             return self._update_train_metrics(out, total, labels)
@@ -571,6 +608,7 @@ class Distiller(keras.Model):
             teacher_taps=self.teacher_taps,
             weight_decay=self.weight_decay,
             nan_policy=self.nan_policy,
+            clip_grad_norm=self.clip_grad_norm,
         )
         return config
 

@@ -71,6 +71,9 @@ def _define_core_flags(flag_values):
     define("float", "weight_decay", 5e-4, "L2 weight decay as PyTorch applies it: "
                        "added to the gradient (coupled) for sgd and adam, decoupled "
                        "for adamw.", lower_bound=0)
+    define("float", "clip_grad_norm", 0.0, "If positive, scale each step's loss "
+           "gradient (global batch, before weight decay) down to this global L2 "
+           "norm, as PyTorch's clip_grad_norm_; 0 = off.", lower_bound=0)
     define("string", "model_dir", None, "Output directory: student.keras, "
                         "best.keras, results.json, logs/ (TensorBoard), checkpoints/. "
                         "Rerunning the same command resumes a killed run.",

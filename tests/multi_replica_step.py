@@ -43,14 +43,15 @@ REQUIRED = {"crd": {"num_data": 2 * HALF}}
 INITIAL_STATE = {"crd": {"normalizers": [16.0, 16.0]}}
 
 
-def build(name, hparams, sync_batchnorm=False):
+def build(name, hparams, sync_batchnorm=False, clip_grad_norm=0.0):
     keras.utils.set_random_seed(1)
     method = kerakd.methods.get(name, **hparams)
     student = kerakd.models.get("resnet8", NUM_CLASSES, SHAPE)
     if sync_batchnorm:
         student = synchronize_batchnorm(student)
     teacher = kerakd.models.get("wrn_16_1", NUM_CLASSES, SHAPE) if method.requires_teacher else None
-    distiller = kerakd.Distiller(student, method, teacher, weight_decay=WEIGHT_DECAY)
+    distiller = kerakd.Distiller(student, method, teacher, weight_decay=WEIGHT_DECAY,
+                                 clip_grad_norm=clip_grad_norm)
     distiller.build((HALF, *SHAPE))
     return distiller
 
@@ -65,9 +66,10 @@ def batch(method, images, labels, index):
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-def mirrored_step(name, hparams, images, labels, index, initial, sync_batchnorm=False):
+def mirrored_step(name, hparams, images, labels, index, initial, sync_batchnorm=False,
+                  clip_grad_norm=0.0):
     with STRATEGY.scope():
-        distiller = build(name, hparams, sync_batchnorm)
+        distiller = build(name, hparams, sync_batchnorm, clip_grad_norm)
         distiller.set_weights(initial)
         distiller.compile(keras.optimizers.SGD(LEARNING_RATE))
     ds = tf.data.Dataset.from_tensors(batch(distiller.method, images, labels, index))
@@ -153,12 +155,48 @@ def compare_sync_batchnorm():
             "relative_weight_diff": weight_diff / max(1.0, moved), "loss_diff": loss_diff}
 
 
+CLIP = 0.05  # below the step's gradient norm, so that the clipping acts
+
+
+def compare_clip_grad_norm():
+    """Clipping reads the global batch's loss gradient: the average of the
+    halves' gradients, clipped, then weight decay, as PyTorch's
+    `clip_grad_norm_` before a DDP optimizer step."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    initial = build("kd", {}).get_weights()
+    mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, clip_grad_norm=CLIP)
+    reference = build("kd", {})
+    reference.set_weights(initial)
+    variables = reference.trainable_variables
+    start = [v.numpy() for v in variables]
+    halves = []
+    for part in (slice(0, HALF), slice(HALF, 2 * HALF)):
+        with tf.GradientTape() as tape:
+            total = reference._total_loss(
+                reference._method_output(images[part], labels[part], training=True).losses)
+        halves.append([g.numpy() for g in tape.gradient(total, variables)])
+    average = [(a + b) / 2 for a, b in zip(*halves)]
+    norm = float(np.sqrt(sum(np.sum(g.astype("float64") ** 2) for g in average)))
+    factor = min(1.0, CLIP / norm)
+    updated = [w - LEARNING_RATE * (g * factor + WEIGHT_DECAY * w) for w, g in zip(start, average)]
+    weight_diff = max(float(np.max(np.abs(v.numpy() - w)))
+                      for v, w in zip(mirrored.trainable_variables, updated))
+    moved = max(float(np.max(np.abs(w - s))) for w, s in zip(updated, start))
+    return {"weight_diff": weight_diff, "moved": moved, "norm": norm,
+            "relative_weight_diff": weight_diff / max(1.0, moved), "loss_diff": {}}
+
+
+CHECKS = {"sync_batchnorm": compare_sync_batchnorm, "clip_grad_norm": compare_clip_grad_norm}
+
+
 def main():
     out_path, names = sys.argv[1], sys.argv[2:] or kerakd.methods.available()
     results = {}
     for name in names:
         try:
-            results[name] = compare_sync_batchnorm() if name == "sync_batchnorm" else compare(name)
+            results[name] = CHECKS[name]() if name in CHECKS else compare(name)
         except Exception as error:  # reported per method, the test fails on it
             results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
         keras.backend.clear_session()

@@ -142,7 +142,7 @@ def test_student_loads_in_a_process_without_kerakd(tmp_path, teacher, student):
     distiller = compiled(kerakd.Distiller(student, "kd", teacher))
     distiller.fit(make_dataset(n=16), epochs=1, verbose=0)
     path = tmp_path / "student.keras"
-    distiller.student.save(path)
+    kerakd.models.core_keras(distiller.student).save(path)
     images = make_images(2)
     np.save(tmp_path / "x.npy", images)
     np.save(tmp_path / "y.npy", distiller.student.predict(images, verbose=0))
@@ -240,3 +240,27 @@ def test_features_of_the_tapped_layers_by_name(teacher, student):
     np.testing.assert_allclose(features["stage2"], reference(images, training=False), rtol=1e-5)
     assert list(distiller.teacher_features(images)) == ["stage1", "stage2", "stage3"]
     assert kerakd.Distiller(student, "none").teacher_features(images) == {}
+
+
+def test_clip_grad_norm_clips_the_loss_gradient_then_adds_weight_decay(student):
+    clip, decay, lr = 0.05, 0.01, 0.1
+    distiller = kerakd.Distiller(student, "none", weight_decay=decay, clip_grad_norm=clip)
+    distiller.compile(keras.optimizers.SGD(lr))
+    images, labels = make_images(8), make_labels(8)
+    distiller.build((8, *IMAGE_SHAPE))
+    variables = distiller.trainable_variables
+    start = [v.numpy().astype("float64") for v in variables]
+    with tf.GradientTape() as tape:
+        total = distiller._total_loss(distiller._method_output(images, labels, training=True).losses)
+    gradients = [g.numpy().astype("float64") for g in tape.gradient(total, variables)]
+    norm = np.sqrt(sum(np.sum(g ** 2) for g in gradients))
+    assert norm > 2 * clip, "the clipping must act for the check to mean anything"
+    distiller.train_on_batch(images, labels)
+    for v, w, g in zip(variables, start, gradients):
+        expected = w - lr * (g * clip / norm + decay * w)
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-4, atol=1e-6, err_msg=v.path)
+
+
+def test_clip_grad_norm_must_not_be_negative(student):
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        kerakd.Distiller(student, "none", clip_grad_norm=-1.0)

@@ -21,7 +21,7 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
 HERE = os.path.dirname(__file__)
 METHODS = kerakd.methods.available() + ["kd+at"]
-CHECKS = METHODS + ["sync_batchnorm"]
+CHECKS = METHODS + ["sync_batchnorm", "clip_grad_norm"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,16 @@ def test_synchronized_batchnorm_steps_as_one_device_on_the_global_batch(multi_re
     assert result["moved"] > 1e-3
     assert result["relative_weight_diff"] < 1e-5, result
     assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
+
+
+def test_gradient_clipping_reads_the_global_batch(multi_replica_results):
+    result = multi_replica_results["clip_grad_norm"]
+    assert "error" not in result, result.get("error")
+    assert result["norm"] > 2 * 0.05, "the clipping must act for the check to mean anything"
+    assert result["moved"] > 1e-4
+    # 1e-3 of the step: the clipped step is small, and float32 rounding of the
+    # weights (~1e-7 of |w| ~ 1) is compared against it.
+    assert result["weight_diff"] < 1e-3 * result["moved"] + 1e-6, result
 
 
 def free_ports(n):
