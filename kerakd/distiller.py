@@ -396,6 +396,35 @@ class Distiller(keras.Model):
             return {}
         return self._teacher_net.features(self._images_of(images), False)[0]
 
+    def compute_loss_terms(self, x, y, training=False):
+        """The weighted loss terms of one batch, `{term: weight * value}`.
+
+        Their sum is the objective a training step minimizes (before weight
+        decay); with `training=True` the networks and the method run as in a
+        step (BatchNorm batch statistics, random masks; moving statistics and
+        memory banks update as in a step), without changing a trainable
+        weight. Like `keras.distillation.Distiller.compute_loss`, but
+        keeping every term by name.
+
+        Args:
+            x: a batch of images, or `{"images", "index"}` for methods that
+                read dataset indices.
+            y: the labels (int class ids, or soft labels).
+            training: run as a training step (default: inference).
+
+        Returns:
+            A dict of scalar tensors, one per entry of `method.term_weights`.
+
+        Example:
+
+        >>> terms = distiller.compute_loss_terms(images, labels)
+        >>> sorted(terms)   # ['ce', 'kd'] for kd
+        """
+        index = x.get("index") if isinstance(x, dict) else None
+        out = self._method_output(self._images_of(x), y, training, index)
+        return {name: ops.cast(self.method.term_weights[name], "float32") * value
+                for name, value in out.losses.items()}
+
     def _forward_teacher(self, images):
         taps, logits = self._teacher_net(images, training=False)
         return keras.tree.map_structure(ops.stop_gradient, (taps, logits))

@@ -1,6 +1,6 @@
 """What the `Distiller` needs from `tf.distribute` (TensorFlow only here).
 
-Conventions.md fixes the reduction: every term is computed per replica on the
+docs/methods/conventions.md fixes the reduction: every term is computed per replica on the
 replica's share of the batch (a mean for per-example terms, the batch-coupled
 value for Grams and relations) and divided by the number of replicas before
 the gradients are summed across replicas. With equal shares

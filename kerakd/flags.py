@@ -39,7 +39,7 @@ def _define_core_flags(flag_values):
             name, default, help=help, flag_values=flag_values, module_name=__name__,
             **kwargs)
 
-    # The defaults are the CIFAR-100 recipe of the papers (baselines.md).
+    # The defaults are the CIFAR-100 recipe of the papers (docs/methods/kd.md).
     define("string", "method", "none", "Distillation method: " + ", ".join(
         methods.available()) + "; 'a+b' trains several together. 'none' "
         "trains a model alone (how teachers are made).")

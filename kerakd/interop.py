@@ -3,7 +3,7 @@
 - `from_keras(loss)`: any `keras.distillation.DistillationLoss` as a kerakd
   method, so kerakd's Distiller (taps, replicas, term metrics, CLI) can train
   with it.
-- `KDLoss`: conventions.md's KD term as a `DistillationLoss`, for
+- `KDLoss`: docs/methods/conventions.md's KD term as a `DistillationLoss`, for
   `keras.distillation.Distiller`.
 
 docs/interop.md explains how the two APIs differ.
@@ -98,7 +98,7 @@ def from_keras(loss, ce_weight=0.5, distill_weight=0.5):
 
 @keras.saving.register_keras_serializable(package="kerakd")
 class KDLoss(keras.distillation.DistillationLoss):
-    """conventions.md's KD term as a `keras.distillation.DistillationLoss`.
+    """docs/methods/conventions.md's KD term as a `keras.distillation.DistillationLoss`.
 
     `T^2 * mean_b KL(softmax(z_t / T) || softmax(z_s / T))` from log-softmax
     on both sides (`kerakd.losses.kd_loss`), unlike

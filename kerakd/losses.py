@@ -1,4 +1,4 @@
-"""Loss terms shared by the methods (conventions.md), written with `keras.ops`.
+"""Loss terms shared by the methods (docs/methods/conventions.md), written with `keras.ops`.
 
 Every function returns the per-replica value of its term: a mean over the
 examples this replica sees. The `Distiller` turns per-replica values into a

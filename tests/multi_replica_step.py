@@ -8,7 +8,7 @@ writes the largest differences between
 - one device running the same step on each half of B separately, averaging
   the losses and the gradients, then applying them (plain SGD, weight decay on).
 
-conventions.md: per-example terms average over the global batch, batch-coupled
+docs/methods/conventions.md: per-example terms average over the global batch, batch-coupled
 terms are per replica divided by the replica count, BatchNorm statistics are
 per replica (DDP without SyncBN).
 """

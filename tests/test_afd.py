@@ -1,4 +1,4 @@
-"""AFD (afd.md): loss against a NumPy re-implementation, attention, gradient
+"""AFD (docs/methods/afd.md): loss against a NumPy re-implementation, attention, gradient
 routing, heterogeneous pairs."""
 
 import math
@@ -32,7 +32,7 @@ STUDENT_SHAPES = [(BATCH, 8, 8, 4), (BATCH, 4, 4, 8), (BATCH, 2, 2, 16)]
 
 
 def np_afd(method, data, softmax_axis=2):
-    """afd.md, written out: returns (loss terms, attention (B, T, S))."""
+    """docs/methods/afd.md, written out: returns (loss terms, attention (B, T, S))."""
     student, teacher = f64(data.student["features"]), f64(data.teacher["features"])
     b, s_taps, t_taps, d = BATCH, len(student), len(teacher), QK_DIM
 

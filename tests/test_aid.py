@@ -1,4 +1,4 @@
-"""AID (aid.md): each source's term against NumPy, second-view forwards, gradients, fit."""
+"""AID (docs/methods/aid.md): each source's term against NumPy, second-view forwards, gradients, fit."""
 
 import keras
 import numpy as np
@@ -64,7 +64,7 @@ def step_data(seed=0):
     )
 
 
-# -- NumPy reference of aid.md -------------------------------------------------------
+# -- NumPy reference of docs/methods/aid.md -------------------------------------------------------
 
 
 def standardize(z):

@@ -1,5 +1,5 @@
 """SP, RKD, PKT, VID and DKD against independent NumPy re-implementations of
-RepDistiller's / mdistiller's code (baselines.md), on fixed inputs."""
+RepDistiller's / mdistiller's code (docs/methods/README.md), on fixed inputs."""
 
 import keras
 import numpy as np

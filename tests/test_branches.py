@@ -44,7 +44,7 @@ def np_batch_norm(x, layer, training):
 
 
 def numpy_branch(model, name, x, strides, training=False):
-    """The separable branch `name` of `model`, re-implemented from lfma.md."""
+    """The separable branch `name` of `model`, re-implemented from docs/methods/lfma.md."""
     x = np.asarray(x, "float64")
     for k, stride in enumerate(strides, start=1):
         prefix = f"{name}_block{k}"

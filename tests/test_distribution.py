@@ -1,4 +1,4 @@
-"""Distribution is correct, not only running (conventions.md, issue 8).
+"""Distribution is correct, not only running (docs/methods/conventions.md, issue 8).
 
 For every registered method (and a composition), one MirroredStrategy step on
 2 logical CPU devices with global batch 2B gives the same losses and the same

@@ -1,4 +1,4 @@
-"""FRSKD (frskd.md): the BiFPNc self-teacher, the loss, gradient routing, export."""
+"""FRSKD (docs/methods/frskd.md): the BiFPNc self-teacher, the loss, gradient routing, export."""
 
 import math
 
@@ -12,11 +12,11 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
 from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.bifpn import FastNormalizedFusion, bifpnc
 
-# -- NumPy re-implementation of frskd.md ----------------------------------
+# -- NumPy re-implementation of docs/methods/frskd.md ----------------------------------
 
 
 def spec_param_count(channels, num_classes, width=2):
-    """BiFPNc's parameters from frskd.md's layer list (a BN holds 4 per channel)."""
+    """BiFPNc's parameters from docs/methods/frskd.md's layer list (a BN holds 4 per channel)."""
     n = len(channels)
     w = [width * c for c in channels]
 
@@ -70,7 +70,7 @@ def np_at(f_s, f_t):
 
 class NumpyBiFPNc:
     """Inference-mode BiFPNc in NumPy (float64), reading `model`'s weights by
-    layer name; the maths follows frskd.md and the authors' `bifpnc.py`."""
+    layer name; the maths follows docs/methods/frskd.md and the authors' `bifpnc.py`."""
 
     def __init__(self, model):
         self.model = model

@@ -1,4 +1,4 @@
-"""LFMA and DSN (lfma.md): Feature Map Cutout, loss terms against NumPy, gradients, fit."""
+"""LFMA and DSN (docs/methods/lfma.md): Feature Map Cutout, loss terms against NumPy, gradients, fit."""
 
 import keras
 import numpy as np
@@ -39,7 +39,7 @@ def step_data(seed=0):
     )
 
 
-# -- NumPy reference of lfma.md ------------------------------------------------
+# -- NumPy reference of docs/methods/lfma.md ------------------------------------------------
 
 
 def log_softmax(z):
@@ -267,6 +267,20 @@ def test_fmc_in_backbone_masks_the_next_block_through_prepare_student(student):
     distiller = kerakd.Distiller(prepared, method)
     distiller.build((8, *IMAGE_SHAPE))
     assert distiller._student_net.roles["features"] == ["stage1_fmc", "stage2_fmc", "stage3"]
+
+
+def test_fmc_in_backbone_distiller_saves_and_loads(tmp_path, student):
+    method = LFMA(fmc_in_backbone=True)
+    distiller = kerakd.Distiller(method.prepare_student(student), method)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    distiller.fit(make_dataset(n=8), epochs=1, verbose=0)
+    distiller.save(tmp_path / "lfma.keras")
+    restored = keras.models.load_model(tmp_path / "lfma.keras")
+    assert restored.method.student_taps == method.student_taps
+    images = make_images(4)
+    np.testing.assert_allclose(restored.predict(images, verbose=0),
+                               distiller.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert set(restored.student_features(images)) == {"stage1_fmc", "stage2_fmc", "stage3"}
 
 
 def test_fmc_in_backbone_without_prepare_student_is_a_clear_error(student):

@@ -1,4 +1,4 @@
-"""Shared loss terms against NumPy re-implementations of conventions.md."""
+"""Shared loss terms against NumPy re-implementations of docs/methods/conventions.md."""
 
 import numpy as np
 import pytest

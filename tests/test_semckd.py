@@ -1,4 +1,4 @@
-"""SemCKD (semckd.md): loss against a NumPy re-implementation, attention,
+"""SemCKD (docs/methods/semckd.md): loss against a NumPy re-implementation, attention,
 gradient routing, heterogeneous pairs, the batch-size contract.
 
 The NumPy helpers here (`np_*`, `fixed_step`, `randomize`) are shared with
@@ -128,7 +128,7 @@ def f64(data_taps):
 
 
 def np_semckd(method, data, tau, softmax_axis=2):
-    """semckd.md, written out: returns (loss terms, sm_score, attention)."""
+    """docs/methods/semckd.md, written out: returns (loss terms, sm_score, attention)."""
     student, teacher = f64(data.student["features"]), f64(data.teacher["features"])
     b, s_taps, t_taps = BATCH, len(student), len(teacher)
 

@@ -33,7 +33,7 @@ def _values(features, size):
 
 @methods.register("afd")
 class AFD(Method):
-    """`ce_weight * CE + kd_weight * KD_T + afd_weight * L_AFD` (afd.md).
+    """`ce_weight * CE + kd_weight * KD_T + afd_weight * L_AFD` (docs/methods/afd.md).
 
     Every teacher block tap `t` attends over every student block tap `s`:
 

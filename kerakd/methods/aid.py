@@ -1,4 +1,7 @@
-"""`aid`: auxiliary middle-level distillation with multi-source matching (`aid.md`)."""
+"""`aid`: auxiliary middle-level distillation with multi-source matching.
+
+Documented in `docs/methods/aid.md`.
+"""
 
 import functools
 
@@ -55,7 +58,7 @@ def cosine_matrix(rows, columns):
 
 @methods.register("aid")
 class AID(Method):
-    """AID: branches on the student's middle stages matched to the teacher (`aid.md`).
+    """AID: branches on the student's middle stages matched to the teacher (`docs/methods/aid.md`).
 
     Each chosen student stage `j` gets a branch `T_j` (`branches.py` builder,
     down to the last stage's size and width, pooled to `g_j`), a classifier

@@ -10,7 +10,7 @@ class AT(Method):
     """`ce_weight * CE + at_weight * sum_pairs AT(f_s, f_t)` with p = 2.
 
     Pairs are the i-th stage taps of both networks; they must be as many and
-    of equal spatial sizes (conventions.md gives `AT`).
+    of equal spatial sizes (docs/methods/conventions.md gives `AT`).
 
     Args:
         ce_weight: gamma (default 1).

@@ -118,6 +118,9 @@ class Method(keras.layers.Layer):
       of layer names); users override them through
       `Distiller(student_taps=..., teacher_taps=...)`.
     - `term_weights`: `{term name: weight}` for every loss term `call` returns.
+      A term named `ce` must be the cross-entropy of the student's logits on
+      the labels (`losses.cross_entropy(labels, student_logits)`): a
+      composition of methods counts it once.
 
     Hyperparameters are constructor arguments and appear in `get_config()`.
     """
@@ -131,6 +134,17 @@ class Method(keras.layers.Layer):
         super().__init__(**kwargs)
         self.term_weights = {}
         self.spec = None
+
+    @property
+    def rewrites_student(self):
+        """True if `prepare_student` returns another model than its input."""
+        return False
+
+    def prepare_student(self, student):
+        """The student this method trains (default: `student` itself). A
+        method that must change the student's graph returns a new model
+        here; call it before building the `Distiller`."""
+        return student
 
     def build(self, spec):
         """Creates the method's trainable parts from a `TapSpec`."""

@@ -1,4 +1,4 @@
-"""BiFPNc, the self-teacher of FRSKD (frskd.md), as a functional Keras model.
+"""BiFPNc, the self-teacher of FRSKD (docs/methods/frskd.md), as a functional Keras model.
 
 The self-teacher reads the classifier's stage features (shallow to deep, each
 stage halving H and W), refines them along a top-down and a bottom-up path

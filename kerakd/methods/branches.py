@@ -2,9 +2,10 @@
 
 A branch takes an intermediate feature map down to where the backbone ends
 (the last stage's spatial size and channel count) and pools it to a vector.
-LFMA heads (`lfma.md`) and AID branches (`aid.md`) both use it; methods pick
-a builder by name (`builders`), so that a hyperparameter can choose it and a
-user can register another ("elastic" heads, in the LFMA paper's words).
+LFMA heads (`docs/methods/lfma.md`) and AID branches (`docs/methods/aid.md`)
+both use it; methods pick a builder by name (`builders`), so that a
+hyperparameter can choose it and a user can register another ("elastic"
+heads, in the LFMA paper's words).
 
 A builder is a function `(x, target_shape, name) -> pooled features` that
 applies layers (named with the prefix `name`) to the tensor `x` and returns
@@ -78,7 +79,7 @@ def branch_plan(input_shape, target_shape):
 def separable_block(x, filters, strides, name):
     """depthwise3x3(stride) -> conv1x1 -> BN -> ReLU -> depthwise3x3 -> conv1x1 -> BN -> ReLU.
 
-    The first 1x1 convolution changes the channel count (choice; the spec
+    The first 1x1 convolution changes the channel count (choice; the paper
     leaves open which one does). PyTorch's default initialization (choice:
     the methods these heads serve publish no code; every reference method
     module keeps PyTorch's defaults).
@@ -95,9 +96,10 @@ def separable_block(x, filters, strides, name):
 def separable_branch(x, target_shape, name):
     """Depthwise-separable blocks down to `target_shape`, then global pooling.
 
-    The "extra layers" of `lfma.md` and the branch `T_j` of `aid.md`: blocks
-    of `separable_block`, one per halving (see `branch_plan`), with PyTorch's
-    symmetric padding and BatchNorm numerics (`kerakd.models.layers`).
+    The "extra layers" of `docs/methods/lfma.md` and the branch `T_j` of
+    `docs/methods/aid.md`: blocks of `separable_block`, one per halving (see
+    `branch_plan`), with PyTorch's symmetric padding and BatchNorm numerics
+    (`kerakd.models.layers`).
 
     Args:
         x: the tap, a `(B, H, W, C)` tensor (symbolic: a `keras.Input`).

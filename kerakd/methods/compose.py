@@ -1,19 +1,25 @@
 """Compositions of methods: `kerakd.methods.get("fitnet+crd")`."""
 
 import dataclasses
+import inspect
 
 import keras
 
 from kerakd import methods as methods_lib
 from kerakd.methods.base import Method, MethodOutput
 
-# Terms every method computes the same way (CE on the labels, conventions.md's
-# KD term), so a composition keeps one copy.
-SHARED_TERMS = ("ce", "kd")
+# The one term every method computes identically: the cross-entropy of the
+# student's logits on the labels (`Method`'s contract for a term named `ce`).
+SHARED_TERM = "ce"
+SEPARATOR = "/"
 
 
 def _role(method, role):
     return f"{method.name}_{role}"
+
+
+def _constructor_arguments(method):
+    return inspect.signature(type(method)).parameters
 
 
 @keras.saving.register_keras_serializable(package="kerakd")
@@ -24,27 +30,32 @@ class Compose(Method):
     taps: tap roles are prefixed with the method's name (`crd_features`), so
     `student_taps={"crd_features": [...]}` overrides one method's taps.
 
-    Terms are reported under their own names, with two rules:
+    Terms (docs/methods/compose.md):
 
-    - `ce` and `kd` (the shared terms) are kept once: the first method that
-      returns one contributes its value and its weight; the copies of later
-      methods are dropped. (`kd` copies must use one temperature.)
-    - Any other name that an earlier method already uses is prefixed with
-      the method's name (`vid_hint`). Extra predictions and metrics follow
-      the same prefixing.
+    - `ce`, the label cross-entropy of the student, is the one term shared:
+      it is the same quantity in every method, so it is computed and counted
+      once. The methods that have it must give it the same weight; different
+      weights are an error that names them.
+    - Every other term is kept under `<method>/<term>` (`kd/kd`, `lfma/kd`,
+      `at/at`), even where only one method has a term of that name: two
+      methods' `kd` terms are often different quantities (LFMA's distils its
+      heads' ensemble, AID's standardised logits). Extra predictions and
+      metrics are named the same way (`lfma/head1_accuracy`).
 
-    So `"kd+at"` trains `0.1 CE + 0.9 KD + 1000 AT` (KD's CE and KD weights),
-    and `"at+kd"` trains `1 CE + 0.9 KD + 1000 AT`.
+    So `"kd+at"` trains `0.1 ce + 0.9 kd/kd + 1000 at/at` only once the two
+    `ce` weights agree (KD's is 0.1, AT's 1): `get("kd+at", at={"ce_weight": 0.1})`.
+
+    At most one method may rewrite the student (`prepare_student`, e.g.
+    LFMA's `fmc_in_backbone`).
 
     Args:
-        methods: the `Method` instances, in order of precedence. Their names
-            (`method.name`) must differ; `from_names` names each after its
-            registered name.
+        methods: the `Method` instances. Their names (`method.name`) must
+            differ; `from_names` names each after its registered name.
 
     Example:
 
     >>> method = kerakd.methods.get("fitnet+crd", crd={"num_data": 50000})
-    >>> method.term_weights   # after build: ce, hint, kd, crd
+    >>> method.term_weights   # after build: ce, fitnet/hint, crd/kd, crd/crd
     """
 
     def __init__(self, methods, **kwargs):
@@ -63,16 +74,38 @@ class Compose(Method):
                 f"Compose needs methods with distinct names (they prefix tap "
                 f"roles and terms); got {names}. Pass name=... to each."
             )
+        rewriting = [m.name for m in methods if m.rewrites_student]
+        if len(rewriting) > 1:
+            raise ValueError(
+                f"Methods {rewriting} each rewrite the student (prepare_student); "
+                "a composition can hold at most one of them."
+            )
         self.components = methods
         self.requires_teacher = any(m.requires_teacher for m in methods)
         self.needs_index = any(m.needs_index for m in methods)
+        self._update_taps()
+        self._term_names = []
+        self._check_shared_weights()  # again at build: some methods set weights there
+
+    def _update_taps(self):
         self.student_taps = {
-            _role(m, r): spec for m in methods for r, spec in m.student_taps.items()
+            _role(m, r): spec for m in self.components for r, spec in m.student_taps.items()
         }
         self.teacher_taps = {
-            _role(m, r): spec for m in methods for r, spec in m.teacher_taps.items()
+            _role(m, r): spec for m in self.components for r, spec in m.teacher_taps.items()
         }
-        self._term_names = []
+
+    @property
+    def rewrites_student(self):
+        return any(m.rewrites_student for m in self.components)
+
+    def prepare_student(self, student):
+        """The student as the one method that rewrites it needs it (else
+        `student` itself); the composition's taps follow."""
+        for method in self.components:
+            student = method.prepare_student(student)
+        self._update_taps()
+        return student
 
     @classmethod
     def from_names(cls, names, **kwargs):
@@ -106,29 +139,52 @@ class Compose(Method):
                 student_tap_names=self._view(spec.student_tap_names, method, "student"),
                 teacher_tap_names=self._view(spec.teacher_tap_names, method, "teacher"),
             ))
-        self._check_kd_temperatures()
+        self._check_shared_weights()
         self.term_weights, self._term_names = {}, []
         for method in self.components:
-            names = {}
+            names = {term: self._name(method, term) for term in method.term_weights}
             for term, weight in method.term_weights.items():
-                if term in self.term_weights and term in SHARED_TERMS:
-                    names[term] = None
-                    continue
-                names[term] = f"{method.name}_{term}" if term in self.term_weights else term
                 self.term_weights[names[term]] = weight
             self._term_names.append(names)
 
-    def _check_kd_temperatures(self):
-        temperatures = {
-            m.name: m.temperature for m in self.components
-            if "kd" in m.term_weights and hasattr(m, "temperature")
-        }
-        if len(set(temperatures.values())) > 1:
-            raise ValueError(
-                f"The composed methods compute the KD term at different "
-                f"temperatures {temperatures}; it is kept once, so set one "
-                "temperature for all."
-            )
+    @staticmethod
+    def _name(method, term):
+        return term if term == SHARED_TERM else f"{method.name}{SEPARATOR}{term}"
+
+    def _check_shared_weights(self):
+        weights = {m.name: float(m.term_weights[SHARED_TERM])
+                   for m in self.components if SHARED_TERM in m.term_weights}
+        if len(set(weights.values())) <= 1:
+            return
+        listed = ", ".join(f"{name}: {weight:g}" for name, weight in weights.items())
+        message = (f"The composed methods weight the label cross-entropy `ce` differently "
+                   f"({listed}). It is one term, counted once: give it one weight")
+        settable = [m.name for m in self.components
+                    if m.name in weights and "ce_weight" in _constructor_arguments(m)]
+        if settable:
+            name, target = settable[0], next(w for n, w in weights.items() if n != settable[0])
+            composition = "+".join(m.name for m in self.components)
+            message += (f" through `ce_weight`, e.g. kerakd.methods.get('{composition}', "
+                        f"{name}={{'ce_weight': {target:g}}}), or --{name}_ce_weight={target:g}")
+        raise ValueError(message + ".")
+
+    def _component(self, name):
+        return next(m for m in self.components if m.name == name)
+
+    def _view(self, by_role, method, side):
+        roles = getattr(method, f"{side}_taps")
+        return {r: by_role[_role(method, r)] for r in roles if _role(method, r) in by_role}
+
+    def _forward_view(self, forward, method, side):
+        """A second-view forward (`StepData.forward_*`) returning `method`'s roles."""
+        if forward is None:
+            return None
+
+        def call(images):
+            taps, logits = forward(images)
+            return self._view(taps, method, side), logits
+
+        return call
 
     def call(self, data, training=False):
         out = MethodOutput(losses={})
@@ -137,6 +193,8 @@ class Compose(Method):
                 data,
                 student=self._view(data.student, method, "student"),
                 teacher=self._view(data.teacher, method, "teacher"),
+                forward_student=self._forward_view(data.forward_student, method, "student"),
+                forward_teacher=self._forward_view(data.forward_teacher, method, "teacher"),
             )
             part = method(data=view, training=training)
             for term, value in part.losses.items():
@@ -145,11 +203,11 @@ class Compose(Method):
                         f"Method '{method.name}' returns term '{term}' that has "
                         "no weight in its `term_weights`."
                     )
-                if names[term] is not None:
+                if names[term] not in out.losses:  # the shared `ce` once
                     out.losses[names[term]] = value
             for merged, extra in ((out.logits, part.logits), (out.metrics, part.metrics)):
                 for key, value in extra.items():
-                    merged[f"{method.name}_{key}" if key in merged else key] = value
+                    merged[f"{method.name}{SEPARATOR}{key}"] = value
         return out
 
     def callbacks(self, log_dir, sample_images):

@@ -90,7 +90,7 @@ class CRD(Method):
     memory (`L_s`), and each teacher embedding with student ones (`L_t`); a
     score is `exp(<u, v> / nce_temperature) / Z`, with `Z` fixed on the first
     step (RepDistiller's `ContrastMemory`), and `nce_loss` scores them.
-    baselines.md's weights are CRD+KD (gamma 1, alpha 1, beta 0.8);
+    docs/methods/crd.md's weights are CRD+KD (gamma 1, alpha 1, beta 0.8);
     `kd_weight=0` gives RepDistiller's CRD alone.
 
     Two memories:

@@ -27,7 +27,7 @@ def dkd_losses(student_logits, teacher_logits, labels, temperature=4.0):
     - TCKD: KL between the binary distributions (target class, all others).
     - NCKD: KL between the distributions over the non-target classes.
 
-    Both are the KD term of conventions.md (`losses.kd_loss`) applied to
+    Both are the KD term of docs/methods/conventions.md (`losses.kd_loss`) applied to
     transformed logits, so the teacher is a stop-gradient target and no
     probability is clipped. mdistiller takes `log` of the binary
     probabilities; the log-sum-exp here gives the same value without

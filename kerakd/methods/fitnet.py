@@ -15,7 +15,7 @@ class FitNet(Method):
     """`ce_weight * CE + hint_weight * MSE(r(f_s), f_t)` on one mid-level pair.
 
     The regressor `r` is conv1x1 -> BatchNorm mapping the student's channels
-    to the teacher's (baselines.md). The conv has no bias: the BatchNorm that
+    to the teacher's (docs/methods/fitnet.md). The conv has no bias: the BatchNorm that
     follows it has one. The spatial sizes of the pair must match; choose the
     taps so that they do.
 

@@ -14,7 +14,7 @@ from kerakd.methods.bifpn import bifpnc
 class FRSKD(Method):
     """Self-distillation from a BiFPNc self-teacher built on the student's stages.
 
-    The objective (frskd.md) is
+    The objective (docs/methods/frskd.md) is
 
         CE(z_c, y) + CE(z_t, y) + alpha * KD_T(z_c, stopgrad(z_t))
             + beta * sum_i AT(f_i, stopgrad(relu(o_i)))
@@ -26,8 +26,8 @@ class FRSKD(Method):
     Reported terms: `ce`, `self_teacher_ce`, `self_kd` (the KD term against
     the self-teacher) and `self_at` (the summed AT terms); the self-teacher's
     accuracy is reported as `self_teacher_accuracy`. (`self_kd` is not named
-    `kd`: a composition keeps one `kd` term, the one from a teacher.) The self-teacher lives in
-    the method, so `distiller.student` exports without it. With soft labels
+    `kd`: it distils from the self-teacher, not from a teacher network.) The
+    self-teacher lives in the method, so `distiller.student` exports without it. With soft labels
     (MixUp/CutMix) both CE terms are mixed. `beta=0` gives FRSKD\\F.
 
     The stage taps pass through a ReLU before use, as the authors' code feeds

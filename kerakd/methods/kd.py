@@ -7,7 +7,7 @@ from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_
 
 @methods.register("kd")
 class KD(Method):
-    """`ce_weight * CE(z_s, y) + kd_weight * KD_T(z_s, z_t)` (baselines.md).
+    """`ce_weight * CE(z_s, y) + kd_weight * KD_T(z_s, z_t)` (docs/methods/kd.md).
 
     Args:
         ce_weight: gamma, weight of the label cross-entropy (default 0.1).

@@ -1,7 +1,7 @@
 """`lfma` (learning from features with multilevel abstraction) and `dsn` (deep supervision).
 
 Both grow a classifier head from shallow and middle stages of the student
-(`branches.py`) and train without a teacher; `lfma.md` is the contract. DSN
+(`branches.py`) and train without a teacher; `docs/methods/lfma.md` documents them. DSN
 is LFMA with the ensemble terms switched off and no Feature Map Cutout.
 """
 
@@ -79,7 +79,9 @@ def ensemble_logits(head_logits, temperature):
 
 @methods.register("lfma")
 class LFMA(Method):
-    """LFMA: stage heads, Feature Map Cutout and a detached ensemble teacher (`lfma.md`).
+    """LFMA: stage heads, Feature Map Cutout and a detached ensemble teacher.
+
+    Documented in `docs/methods/lfma.md`.
 
     A head (`branches.py` builder, then Dense(classes)) grows from every
     student tap but the deepest (or every tap, `include_last=True`); the
@@ -137,6 +139,9 @@ class LFMA(Method):
         head_builder="separable",
         **kwargs,
     ):
+        # The tap names `prepare_student` chose, carried by `get_config` so
+        # that a saved Distiller reloads with them (not a user argument).
+        prepared_taps = kwargs.pop("prepared_taps", None)
         super().__init__(**kwargs)
         weights = {"kd": kd_weight, "head_kd": head_kd_weight,
                    "ce": ce_weight, "head_ce": head_ce_weight}
@@ -162,6 +167,13 @@ class LFMA(Method):
         self.head_builder = branches.check_builder(head_builder)
         self.cutout = FeatureMapCutout(fmc_probability, name="fmc")
         self.term_weights = {name: w for name, w in weights.items() if w}
+        self.prepared_taps = None
+        if prepared_taps:
+            self._use_prepared_taps(prepared_taps)
+
+    def _use_prepared_taps(self, names):
+        self.prepared_taps = list(names)
+        self.student_taps = {"features": self.prepared_taps}
 
     def _head_taps(self, count):
         """Indices of the taps that get a head, out of `count` taps."""
@@ -173,6 +185,10 @@ class LFMA(Method):
                 "include_last=True."
             )
         return heads
+
+    @property
+    def rewrites_student(self):
+        return self.fmc_in_backbone
 
     def prepare_student(self, student):
         """The student with Feature Map Cutout after each head tap (`fmc_in_backbone`).
@@ -213,7 +229,7 @@ class LFMA(Method):
 
         inputs = keras.Input(batch_shape=student.inputs[0].shape, name=student.inputs[0].name)
         outputs = student._run_through_graph(inputs, operation_fn=operation_fn)
-        self.student_taps = {"features": [f"{n}_fmc" if n in cutouts else n for n in names]}
+        self._use_prepared_taps([f"{n}_fmc" if n in cutouts else n for n in names])
         return keras.Model(inputs, outputs, name=student.name)
 
     def build(self, spec):
@@ -276,12 +292,14 @@ class LFMA(Method):
             include_last=self.include_last,
             head_builder=self.head_builder,
         )
+        if self.prepared_taps:
+            config["prepared_taps"] = self.prepared_taps
         return config
 
 
 @methods.register("dsn")
 class DSN(LFMA):
-    """Deep supervision: stage heads trained by cross-entropy only (baselines.md).
+    """Deep supervision: stage heads trained by cross-entropy only (docs/methods/dsn.md).
 
     LFMA with `kd_weight = head_kd_weight = 0` (its `dsn` ablation): the
     terms are `ce` (backbone) and `head_ce` (sum over heads), and Feature Map

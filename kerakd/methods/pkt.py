@@ -38,7 +38,7 @@ class PKT(Method):
     """`ce_weight * CE + pkt_weight * PKT(f_s, f_t)` on penultimate embeddings.
 
     The kernels couple the examples of a batch, so each replica computes them
-    on its own examples (conventions.md).
+    on its own examples (docs/methods/conventions.md).
 
     Args:
         ce_weight: gamma (default 1).

@@ -71,7 +71,7 @@ def _association_mean(attention, values):
 
 @methods.register("semckd")
 class SemCKD(Method):
-    """`ce_weight * CE + kd_weight * KD_T + semckd_weight * L_SemCKD` (semckd.md).
+    """`ce_weight * CE + kd_weight * KD_T + semckd_weight * L_SemCKD` (docs/methods/semckd.md).
 
     Every student stage tap `i` is distilled from every teacher stage tap `j`
     through a projector `proj_ij`, weighted by a per-example attention

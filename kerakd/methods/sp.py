@@ -29,10 +29,10 @@ def sp_loss(student_features, teacher_features):
 
 @methods.register("sp")
 class SP(Method):
-    """`ce_weight * CE + sp_weight * sum_pairs SP(f_s, f_t)` (baselines.md).
+    """`ce_weight * CE + sp_weight * sum_pairs SP(f_s, f_t)` (docs/methods/sp.md).
 
     The Gram matrices couple the examples of a batch, so each replica
-    computes them on its own examples (conventions.md). By default one pair
+    computes them on its own examples (docs/methods/conventions.md). By default one pair
     is compared, the last stage of both networks: RepDistiller's `feat[-2]`.
 
     Args:
