@@ -89,7 +89,9 @@ def attention_map(features):
 def at_loss(student_features, teacher_features):
     """Attention transfer: `mean_{b,hw} (at(f_s) - at(f_t))^2`.
 
-    The teacher map is a stop-gradient target. Spatial sizes must match.
+    The teacher map is a stop-gradient target. Spatial sizes must match: the
+    `at` method first pools the larger feature map to the smaller one's size
+    (`kerakd.methods.at.pool_to_smaller`).
     """
     s = attention_map(student_features)
     t = ops.stop_gradient(attention_map(teacher_features))

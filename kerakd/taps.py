@@ -3,8 +3,11 @@
 `tap_model(model, names)` returns ONE functional model
 `inputs -> [tap_1, ..., tap_n, logits]` that shares every layer (and weight)
 with `model`, so a step runs each network once however many taps a method
-reads. Layers of nested functional models (a `keras.applications` backbone
-used as a layer) can be tapped by their own names.
+reads. `model` is a functional model or a built `keras.Sequential` (which
+runs a functional graph over its layers). Layers of nested functional or
+Sequential models (a `keras.applications` backbone used as a layer) can be
+tapped by their own names. Subclassed models have no graph to tap
+(`check_tappable`).
 
 Zoo models follow a naming convention so that methods can ask for taps by
 kind rather than by name, and so that the convention survives saving:
@@ -33,17 +36,75 @@ TAP_KINDS = {
 }
 
 
-def _is_graph_model(layer):
-    # Functional and (built) Sequential models can be walked node by node.
-    return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
+def _graph(layer):
+    """The functional graph that runs `layer`, or None if it has none.
+
+    A functional model is its own graph. A built `keras.Sequential` runs a
+    functional graph over its own layers (its `inputs` and `outputs` are that
+    graph's), so tapping it there keeps its weights and its single forward
+    pass. Subclassed models, unbuilt Sequentials and plain layers have none.
+    """
+    if isinstance(layer, keras.Sequential):
+        return getattr(layer, "_functional", None)
+    if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+        return layer
+    return None
+
+
+def check_tappable(model, what=None, logits_only_methods=()):
+    """Raises a ValueError unless `model` is functional or a built Sequential.
+
+    Args:
+        model: the Keras model to check.
+        what: how the message names the model (default `Model '<name>'`).
+        logits_only_methods: names of the methods that read no tap, which a
+            subclassed model wrapped whole can serve; the message lists them.
+
+    Raises:
+        ValueError: `model` is not a Keras model, is subclassed (the message
+            says how to build it functionally) or is an unbuilt Sequential.
+    """
+    what = what or f"Model '{getattr(model, 'name', model)}'"
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"{what} is a {type(model).__name__}, not a Keras model; pass a "
+            "functional keras.Model (or a keras.Sequential)."
+        )
+    if _graph(model) is not None:
+        return
+    if isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"{what} is a Sequential model that is not built yet, so it has no "
+            "inputs, outputs or layer outputs to read. Start it with "
+            "keras.Input(shape) as its first layer, or call "
+            "model.build((None, *shape)) first."
+        )
+    wrapped = (
+        f"enough for the methods that read logits alone "
+        f"({', '.join(logits_only_methods)}), not for the others"
+        if logits_only_methods else "enough only for methods that read no taps"
+    )
+    raise ValueError(
+        f"{what} is a subclassed model ({type(model).__name__}): it has no "
+        "functional graph, so its inputs, outputs and inner layers cannot be "
+        "read. Build it functionally from its layers: "
+        "`inputs = keras.Input(shape)`, then `x = layer(x)` for each of its "
+        "layers in order, and `model = keras.Model(inputs, logits)` (a "
+        "keras.Sequential of those layers works too); its layers can then be "
+        "tapped by name. Wrapping it whole (`inputs = keras.Input(shape); "
+        "outputs = backbone(inputs); keras.Model(inputs, outputs)`) gives it "
+        "inputs and outputs but keeps its inner layers hidden: that is "
+        f"{wrapped}."
+    )
 
 
 def all_layer_names(model):
-    """Names of every layer of `model`, nested functional models included."""
+    """Names of every layer of `model`, nested functional and Sequential
+    models' layers included."""
     names = []
-    for layer in model.layers:
+    for layer in (_graph(model) or model).layers:
         names.append(layer.name)
-        if _is_graph_model(layer):
+        if _graph(layer) is not None:
             names.extend(all_layer_names(layer))
     return names
 
@@ -64,7 +125,7 @@ def resolve_taps(model, spec):
     """Turns a tap spec into a list of layer names of `model`.
 
     Args:
-        model: a functional Keras model.
+        model: a functional (or built Sequential) Keras model.
         spec: a tap kind (`"stages"`, `"blocks"`, `"penultimate"`), a single
             layer name, or a list of layer names (kept in the given order;
             list them shallow to deep).
@@ -104,18 +165,19 @@ def tap_model(model, names, name=None):
     Args:
         model: a functional (or built Sequential) Keras model.
         names: layer names to expose, in order; layers of nested functional
-            models may be named.
+            or Sequential models may be named.
         name: name of the returned model (default `<model.name>_tapped`).
 
     Returns:
         A `keras.Model` whose outputs are the tapped tensors followed by the
         model's own outputs.
+
+    Raises:
+        ValueError: `model` is subclassed or an unbuilt Sequential
+            (`check_tappable`), a name is not a layer of it, or a named layer
+            is called more than once.
     """
-    if not _is_graph_model(model):
-        raise ValueError(
-            f"Model '{model.name}' is a subclassed model; taps need a "
-            "functional (or Sequential) model whose layers can be named."
-        )
+    check_tappable(model)
     names = list(names)
     missing = [n for n in names if n not in all_layer_names(model)]
     if missing:
@@ -126,8 +188,8 @@ def tap_model(model, names, name=None):
     def run(graph_model, inputs):
         def operation_fn(operation):
             def call(*args, **kwargs):
-                if _is_graph_model(operation):
-                    outputs = run(operation, args[0] if len(args) == 1 else args)
+                if _graph(operation) is not None:
+                    outputs = run(_graph(operation), args[0] if len(args) == 1 else args)
                 else:
                     outputs = operation(*args, **kwargs)
                 if operation.name in names:
@@ -144,11 +206,12 @@ def tap_model(model, names, name=None):
 
         return graph_model._run_through_graph(inputs, operation_fn=operation_fn)
 
+    graph = _graph(model)
     inputs = [
         keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name)
-        for x in model.inputs
+        for x in graph.inputs
     ]
-    outputs = run(model, inputs[0] if len(inputs) == 1 else inputs)
+    outputs = run(graph, inputs[0] if len(inputs) == 1 else inputs)
     outputs = keras.tree.flatten(outputs)
     taps = [captured[n] for n in names]
     return keras.Model(

@@ -1,4 +1,4 @@
-"""SP, RKD, PKT, VID and DKD against independent NumPy re-implementations of
+"""SP, RKD, PKT, VID, DKD and AT against independent NumPy re-implementations of
 RepDistiller's / mdistiller's code (docs/methods/README.md), on fixed inputs."""
 
 import keras
@@ -231,6 +231,79 @@ def test_dkd_warmup_ramps_the_weights_per_epoch():
         np.testing.assert_allclose(weights(), [factor, 8 * factor], rtol=1e-6)
     no_ramp = build(kerakd.methods.get("dkd", warmup=0), [], [])
     assert float(no_ramp.term_weights["nckd"]) == 8.0
+
+
+# -- AT ---------------------------------------------------------------------
+
+def np_adaptive_pool(x, size):
+    """PyTorch's adaptive_avg_pool2d of a channels-last map, bin by bin."""
+    b, h, w, c = x.shape
+    out = np.zeros((b, *size, c))
+    for p in range(size[0]):
+        rows = slice(p * h // size[0], -(-(p + 1) * h // size[0]))
+        for q in range(size[1]):
+            cols = slice(q * w // size[1], -(-(q + 1) * w // size[1]))
+            out[:, p, q] = x[:, rows, cols].mean(axis=(1, 2))
+    return out
+
+
+def np_at_map(f):
+    e = (f.astype("float64") ** 2).mean(-1).reshape(len(f), -1)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def np_at(f_s, f_t):
+    """RepDistiller's `Attention.at_loss`: the larger feature map is pooled
+    to the smaller one's size, then both attention maps are compared."""
+    f_s, f_t = f_s.astype("float64"), f_t.astype("float64")
+    if f_s.shape[1] > f_t.shape[1]:
+        f_s = np_adaptive_pool(f_s, f_t.shape[1:3])
+    elif f_s.shape[1] < f_t.shape[1]:
+        f_t = np_adaptive_pool(f_t, f_s.shape[1:3])
+    return np.mean((np_at_map(f_s) - np_at_map(f_t)) ** 2)
+
+
+AT_PAIRS = {
+    "student_larger": ((B, 8, 8, 3), (B, 4, 4, 6)),
+    "teacher_larger": ((B, 4, 4, 3), (B, 8, 8, 6)),
+    "uneven_bins": ((B, 7, 7, 3), (B, 3, 3, 6)),  # PyTorch's overlapping bins
+}
+
+
+@pytest.mark.parametrize("pair", sorted(AT_PAIRS))
+def test_at_pools_the_larger_feature_map_as_repdistiller(pair):
+    s_shape, t_shape = AT_PAIRS[pair]
+    student = [features(*s_shape, seed=1), features(B, 2, 2, 4, seed=2)]
+    teacher = [features(*t_shape, seed=3), features(B, 2, 2, 5, seed=4)]
+    method = build(kerakd.methods.get("at"), student, teacher)
+    got = method(data=step(student, teacher)).losses["at"]
+    expected = np_at(student[0], teacher[0]) + np_at(student[1], teacher[1])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert method.term_weights == {"ce": 1.0, "at": 1000.0}
+    # The feature map is pooled, not its channel energy mean_c f^2: the two
+    # orders differ, so the check above tells them apart.
+    f_s, f_t = student[0].astype("float64"), teacher[0].astype("float64")
+    e_s, e_t = (f_s ** 2).mean(-1, keepdims=True), (f_t ** 2).mean(-1, keepdims=True)
+    small = min(f_s.shape[1:3], f_t.shape[1:3])
+    e_s, e_t = np_adaptive_pool(e_s, small), np_adaptive_pool(e_t, small)
+    pooled_energy = np.mean((np_at_map(np.sqrt(e_s)) - np_at_map(np.sqrt(e_t))) ** 2)
+    assert abs(pooled_energy - np_at(f_s, f_t)) > 1e-2 * np_at(f_s, f_t)
+
+
+def test_at_gradient_reaches_a_pooled_student_never_the_teacher():
+    f_s = tf.Variable(features(B, 8, 8, 3, seed=1))
+    f_t = tf.Variable(features(B, 4, 4, 6, seed=2))
+    method = build(kerakd.methods.get("at"), [f_s], [f_t])
+    with tf.GradientTape() as tape:
+        loss = method(data=step([f_s], [f_t])).losses["at"]
+    g_s, g_t = tape.gradient(loss, [f_s, f_t])
+    assert g_t is None
+    assert np.isfinite(g_s.numpy()).all() and (np.abs(g_s.numpy()).sum(axis=(0, 3)) > 0).all()
+
+
+def test_at_rejects_sizes_that_do_not_nest():
+    with pytest.raises(ValueError, match="AT pair 0.*neither can be pooled"):
+        build(kerakd.methods.get("at"), [features(B, 8, 4, 2)], [features(B, 4, 8, 2)])
 
 
 # -- shared -----------------------------------------------------------------

@@ -78,3 +78,129 @@ def test_distiller_trains_a_nested_student_by_layer_names():
     assert np.isfinite(logs["at"][0])
     with pytest.raises(ValueError, match="did you mean"):
         kerakd.Distiller(student, "at", teacher, student_taps=["block_1_expand_rel"])
+
+
+# -- Sequential and subclassed models -----------------------------------------
+
+def sequential_net(name, width, image_shape=IMAGE_SHAPE):
+    """A small CNN as a keras.Sequential, its stages named by the zoo's convention."""
+    return keras.Sequential([
+        keras.Input(image_shape),
+        keras.layers.Conv2D(width, 3, padding="same", name=f"{name}_conv"),
+        keras.layers.ReLU(name="stage1"),
+        keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", name=f"{name}_down"),
+        keras.layers.ReLU(name="stage2"),
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(NUM_CLASSES, name=f"{name}_logits"),
+    ], name=name)
+
+
+def by_hand(model, layer_names, images):
+    """Outputs of the named layers, calling the model's layers one by one."""
+    outputs, x = {}, images
+    for layer in model.layers:
+        x = layer(x, training=False)
+        outputs[layer.name] = keras.ops.convert_to_numpy(x)
+    return [outputs[n] for n in layer_names]
+
+
+def test_sequential_layers_are_tapped_by_name_and_kind():
+    model = sequential_net("seq", 4)
+    assert resolve_taps(model, "stages") == ["stage1", "stage2"]
+    assert resolve_taps(model, "penultimate") == ["pool"]
+    tapped = tap_model(model, ["stage2", "seq_conv"])
+    assert {id(v) for v in tapped.weights} == {id(v) for v in model.weights}
+    images = make_images(2)
+    stage2, conv, logits = tapped(images, training=False)
+    expected_stage2, expected_conv, expected_logits = by_hand(
+        model, ["stage2", "seq_conv", "seq_logits"], images)
+    np.testing.assert_allclose(stage2, expected_stage2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(conv, expected_conv, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sequential_nested_in_a_functional_model_is_tapped_inside():
+    backbone = keras.Sequential([
+        keras.Input(IMAGE_SHAPE),
+        keras.layers.Conv2D(4, 3, padding="same", name="inner_conv"),
+        keras.layers.ReLU(name="inner_relu"),
+    ], name="backbone")
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES, name="head")(x))
+    assert "inner_relu" in kerakd.taps.all_layer_names(model)
+    tapped = tap_model(model, ["inner_relu", "backbone"])
+    assert {id(v) for v in tapped.weights} == {id(v) for v in model.weights}
+    images = make_images(2)
+    relu, whole, logits = tapped(images, training=False)
+    expected_conv, expected_relu = by_hand(backbone, ["inner_conv", "inner_relu"], images)
+    assert np.abs(expected_conv - expected_relu).max() > 0  # the taps differ
+    np.testing.assert_allclose(relu, expected_relu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole, expected_relu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, model(images, training=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, taps", [
+    ("kd", {}),
+    ("at", {"student_taps": ["stage1", "stage2"], "teacher_taps": ["t_conv", "stage2"]}),
+])
+def test_distiller_trains_a_sequential_student_and_teacher(method, taps):
+    student, teacher = sequential_net("s", 4), sequential_net("t", 8)
+    distiller = kerakd.Distiller(student, method, teacher, **taps)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    before = [v.numpy().copy() for v in student.trainable_weights]
+    logs = distiller.fit(make_dataset(8, 8), epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][0])
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, student.trainable_weights))
+    if method == "at":
+        assert np.isfinite(logs["at"][0]) and logs["at"][0] > 0
+        images = make_images(4)
+        features = distiller.student_features(images)
+        np.testing.assert_allclose(
+            features["stage2"], by_hand(student, ["stage2"], images)[0], rtol=1e-5, atol=1e-6)
+
+
+class Sub(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.flatten = keras.layers.Flatten()
+        self.logits = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, x):
+        return self.logits(self.flatten(self.conv(x)))
+
+
+def test_a_subclassed_student_is_refused_with_what_works():
+    student = Sub(name="sub")
+    student(make_images(1))
+    teacher = kerakd.models.get("resnet8", NUM_CLASSES, IMAGE_SHAPE)
+    for method in ("kd", "at"):
+        with pytest.raises(ValueError) as error:
+            kerakd.Distiller(student, method, teacher)
+        message = str(error.value)
+        assert "The student 'sub' is a subclassed model (Sub)" in message
+        assert "keras.Input(shape)" in message and "keras.Model(inputs, logits)" in message
+        assert "inner layers hidden" in message and "(dkd, kd, none)" in message
+    with pytest.raises(ValueError, match="subclassed model"):
+        tap_model(student, [])
+
+
+def test_a_subclassed_model_wrapped_whole_serves_the_logits_only_methods():
+    # What the message above offers for kd, dkd and none.
+    sub = Sub(name="sub")
+    inputs = keras.Input(IMAGE_SHAPE)
+    student = keras.Model(inputs, sub(inputs))
+    teacher = kerakd.models.get("resnet8", NUM_CLASSES, IMAGE_SHAPE)
+    distiller = kerakd.Distiller(student, "kd", teacher)
+    distiller.compile(keras.optimizers.SGD(0.01))
+    assert np.isfinite(distiller.fit(make_dataset(8, 8), epochs=1, verbose=0).history["kd"][0])
+    with pytest.raises(ValueError, match="has no layer named 'conv'"):
+        kerakd.Distiller(student, "at", teacher, student_taps=["conv"])
+
+
+def test_an_unbuilt_sequential_is_refused_with_how_to_build_it():
+    model = keras.Sequential([keras.layers.Dense(NUM_CLASSES)], name="lazy")
+    expected = "'lazy' is a Sequential model that is not built.*keras.Input"
+    with pytest.raises(ValueError, match=expected):
+        kerakd.Distiller(model, "none")

@@ -3,14 +3,62 @@
 from kerakd import losses
 from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_paired_taps
+from kerakd.methods.feature_ops import adaptive_average_pool
+
+
+def _check_sizes(i, student, teacher):
+    """Checks that one map of pair `i` can be pooled to the other's size."""
+    s, t = tuple(student[1:3]), tuple(teacher[1:3])
+    if s == t:
+        return
+    if None in s + t:
+        raise ValueError(
+            f"AT pair {i} has spatial sizes {s} (student) and {t} (teacher); "
+            "pooling the larger to the smaller needs static sizes. Build the "
+            "models with a fixed keras.Input shape."
+        )
+    nested = (s[0] >= t[0] and s[1] >= t[1]) or (s[0] <= t[0] and s[1] <= t[1])
+    if not nested:
+        raise ValueError(
+            f"AT pair {i} has spatial sizes {s} (student) and {t} (teacher): "
+            "neither is at least the other's size in both dimensions, so "
+            "neither can be pooled to the other. Pair taps whose sizes nest "
+            "(student_taps=/teacher_taps=)."
+        )
+
+
+def pool_to_smaller(student_features, teacher_features):
+    """The pair at the smaller map's spatial size, as RepDistiller's AT does.
+
+    The larger feature map (all its channels, before any attention is taken)
+    is average-pooled with PyTorch's adaptive bins to the other's `(H, W)`;
+    maps of equal sizes are returned as they are.
+
+    Args:
+        student_features: `(B, H_s, W_s, C_s)`.
+        teacher_features: `(B, H_t, W_t, C_t)`, with sizes that nest with the
+            student's (both dimensions larger, or both smaller).
+
+    Returns:
+        `(student_features, teacher_features)` of equal spatial sizes.
+    """
+    s, t = tuple(student_features.shape[1:3]), tuple(teacher_features.shape[1:3])
+    if s == t:
+        return student_features, teacher_features
+    if s[0] > t[0] or s[1] > t[1]:
+        return adaptive_average_pool(student_features, t), teacher_features
+    return student_features, adaptive_average_pool(teacher_features, s)
 
 
 @methods.register("at")
 class AT(Method):
     """`ce_weight * CE + at_weight * sum_pairs AT(f_s, f_t)` with p = 2.
 
-    Pairs are the i-th stage taps of both networks; they must be as many and
-    of equal spatial sizes (docs/methods/conventions.md gives `AT`).
+    Pairs are the i-th stage taps of both networks; they must be as many.
+    When a pair's spatial sizes differ, the larger feature map is first
+    average-pooled to the smaller one's size (adaptive average pooling, as
+    the authors' and RepDistiller's code do); docs/methods/conventions.md
+    gives `AT`.
 
     Args:
         ce_weight: gamma (default 1).
@@ -33,20 +81,15 @@ class AT(Method):
 
     def build(self, spec):
         super().build(spec)
-        pairs = check_paired_taps("AT", spec)
-        for i, (s, t) in enumerate(pairs):
-            if tuple(s[1:3]) != tuple(t[1:3]):
-                raise ValueError(
-                    f"AT pair {i} has spatial sizes {s[1:3]} (student) and "
-                    f"{t[1:3]} (teacher); they must match."
-                )
+        for i, (s, t) in enumerate(check_paired_taps("AT", spec)):
+            _check_sizes(i, s, t)
 
     def call(self, data, training=False):
         pairs = zip(data.student["features"], data.teacher["features"])
         return MethodOutput(
             losses={
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "at": sum(losses.at_loss(s, t) for s, t in pairs),
+                "at": sum(losses.at_loss(*pool_to_smaller(s, t)) for s, t in pairs),
             }
         )
 
