@@ -1,6 +1,7 @@
 """`Distiller`: a `keras.Model` that trains a student with a distillation method."""
 
 import math
+import warnings
 
 import keras
 import tensorflow as tf
@@ -10,7 +11,7 @@ from kerakd import distribute
 from kerakd import losses
 from kerakd import methods as methods_lib
 from kerakd.methods.base import Method, MethodOutput, StepData, TapSpec
-from kerakd.taps import resolve_taps, tap_model
+from kerakd.taps import check_tappable, resolve_taps, tap_model
 
 
 class _Tapped:
@@ -67,7 +68,30 @@ def _roles(method_defaults, override, side):
     return roles
 
 
+def _logits_only_methods():
+    """Registered methods that read no tap of either network (their
+    `student_taps` and `teacher_taps` are empty): they need logits alone."""
+    return [
+        name for name in methods_lib.available()
+        if not getattr(methods_lib.registry.factory(name), "student_taps", None)
+        and not getattr(methods_lib.registry.factory(name), "teacher_taps", None)
+    ]
+
+
 def _check_logits_model(model, side):
+    """Checks that `model` is a functional (or Sequential) `images -> logits` model.
+
+    Args:
+        model: the student or the teacher.
+        side: `"student"` or `"teacher"`, for the messages.
+
+    Raises:
+        ValueError: `model` is subclassed or an unbuilt Sequential (the
+            message says how to build it functionally), has several outputs,
+            or ends in a softmax.
+    """
+    check_tappable(model, f"The {side} '{getattr(model, 'name', model)}'",
+                   _logits_only_methods())
     if len(model.outputs) != 1:
         raise ValueError(
             f"The {side} must have exactly one output (the logits); "
@@ -79,6 +103,52 @@ def _check_logits_model(model, side):
             f"The {side} '{model.name}' ends in a softmax; distillation needs "
             "logits. Rebuild its last layer with activation=None."
         )
+
+
+OVERSIZED_METHOD_RATIO = 10
+
+
+def _parameter_count(variables):
+    return sum(math.prod(v.shape) for v in variables)
+
+
+def _describe_taps(names_by_role, shapes_by_role):
+    """`"name (C channels), ..."` of a network's taps, each layer once."""
+    channels = {}
+    for role, names in names_by_role.items():
+        for name, shape in zip(names, shapes_by_role.get(role, [])):
+            channels.setdefault(name, shape[-1])
+    return ", ".join(f"{n} ({c} channels)" for n, c in channels.items()) or "none"
+
+
+def _warn_if_oversized(method, student, spec):
+    """Warns once if the method's trainable parts outgrow the student
+    `OVERSIZED_METHOD_RATIO` times: they grow with the channels of the taps
+    they read, so a wide tap (MobileNetV2's 1280-channel `out_relu`) can
+    silently build a module far larger than the network it trains.
+
+    Args:
+        method: the method, just built.
+        student: the student model.
+        spec: the `TapSpec` the method was built from.
+    """
+    method_count = _parameter_count(method.trainable_weights)
+    student_count = _parameter_count(student.trainable_weights)
+    if method_count <= OVERSIZED_METHOD_RATIO * student_count:
+        return
+    taps = f"student taps: {_describe_taps(spec.student_tap_names, spec.student)}"
+    if spec.teacher_tap_names:
+        taps += f"; teacher taps: {_describe_taps(spec.teacher_tap_names, spec.teacher)}"
+    warnings.warn(
+        f"Method '{method.name}' builds {method_count:,} trainable parameters, "
+        f"more than {OVERSIZED_METHOD_RATIO}x the student's {student_count:,}. "
+        f"Its parts grow with the channels of the taps it reads ({taps}). "
+        "If that is not intended, pick taps with fewer channels: "
+        "Distiller(student_taps=[...], teacher_taps=[...]), or "
+        "--student_taps/--teacher_taps on the command line.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 NAN_POLICIES = ("stop", "skip_batch")
@@ -296,6 +366,7 @@ class Distiller(keras.Model):
         )
         if not self.method.built:
             self.method.build(spec)
+            _warn_if_oversized(self.method, self.student, spec)
         self._image_shape = image_shape
         names = self._output_names(spec)
         self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names["losses"]}
@@ -538,16 +609,33 @@ class Distiller(keras.Model):
             gradients = self._clipped_with_weight_decay(gradients, variables)
         if self.nan_policy == "stop":
             self.optimizer.apply_gradients(zip(gradients, variables))
+            self._synchronize_moving_statistics()
             return self._update_train_metrics(out, total, labels)
         finite = _on_every_replica(_all_finite(
             [total, *out.losses.values(), *(g for g in gradients if g is not None)]))
         _apply_if(finite, lambda: self.optimizer.apply_gradients(zip(gradients, variables)))
         for variable, before in zip(forward_state, state_before):
             variable.assign(ops.where(finite, variable, before))
+        self._synchronize_moving_statistics()
         # Every replica counts the batch; their counts are summed.
         self.skipped_tracker.update_state(
             distribute.scale_for_replicas(1 - ops.cast(finite, "float32")))
         return self._update_train_metrics(out, total, labels, finite)
+
+    def _synchronize_moving_statistics(self):
+        """Averages the BatchNorm moving statistics of the student and the
+        method over the replicas after a step.
+
+        Each replica normalizes with its own batch statistics (conventions:
+        DDP without SyncBN), but Keras keeps a copy of every moving statistic
+        per replica, which would drift apart (DDP broadcasts rank 0's): the
+        exported student would keep one replica's, and evaluation under the
+        strategy would read a mixture. One all-reduce of a few vectors.
+        """
+        statistics = [v for v in (*self.student.non_trainable_variables,
+                                  *self.method.non_trainable_variables)
+                      if v.name in ("moving_mean", "moving_variance")]
+        distribute.average_over_replicas(statistics)
 
     def _update_train_metrics(self, out, total, labels, finite=None):
         """Updates the training trackers; a batch with `finite` False counts

@@ -33,6 +33,17 @@ def sum_over_replicas(values):
         tf.distribute.ReduceOp.SUM, list(values))
 
 
+def average_over_replicas(variables):
+    """Sets each of `variables` (replica-local copies, in a replica context)
+    to its mean over the replicas in sync; nothing to do outside a strategy."""
+    if num_replicas() == 1 or not variables:
+        return
+    means = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.MEAN, [v.value for v in variables])
+    for variable, mean in zip(variables, means):
+        variable.assign(mean)
+
+
 def is_multi_worker():
     """True under a MultiWorkerMirroredStrategy spanning several workers."""
     strategy = tf.distribute.get_strategy()

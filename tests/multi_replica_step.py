@@ -188,7 +188,35 @@ def compare_clip_grad_norm():
             "relative_weight_diff": weight_diff / max(1.0, moved), "loss_diff": {}}
 
 
-CHECKS = {"sync_batchnorm": compare_sync_batchnorm, "clip_grad_norm": compare_clip_grad_norm}
+def compare_replica_batchnorm():
+    """After a mirrored fit, every replica holds the same BatchNorm moving
+    statistics, and the student under the strategy predicts as the exported
+    student does on one device."""
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(8 * HALF, *SHAPE)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 8 * HALF).astype("int32")
+    with STRATEGY.scope():
+        distiller = build("fitnet", {})  # BatchNorm in the student and the method
+        distiller.compile(keras.optimizers.SGD(LEARNING_RATE))
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2 * HALF, drop_remainder=True)
+    distiller.fit(ds, epochs=2, verbose=0)
+    statistics = [v for v in (*distiller.student.non_trainable_variables,
+                              *distiller.method.non_trainable_variables)
+                  if v.name in ("moving_mean", "moving_variance")]
+    spread = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in (STRATEGY.experimental_local_results(v.value) for v in statistics))
+    under_strategy = distiller.predict(images, batch_size=2 * HALF, verbose=0)
+    exported = kerakd.models.core_keras(distiller.student)
+    one_device = keras.models.clone_model(exported)  # outside the strategy
+    one_device.set_weights(exported.get_weights())
+    alone = one_device.predict(images, batch_size=2 * HALF, verbose=0)
+    return {"statistics": len(statistics), "spread": spread,
+            "prediction_diff": float(np.max(np.abs(under_strategy - alone)))}
+
+
+CHECKS = {"sync_batchnorm": compare_sync_batchnorm, "clip_grad_norm": compare_clip_grad_norm,
+          "replica_batchnorm": compare_replica_batchnorm}
 
 
 def main():

@@ -264,3 +264,41 @@ def test_clip_grad_norm_clips_the_loss_gradient_then_adds_weight_decay(student):
 def test_clip_grad_norm_must_not_be_negative(student):
     with pytest.raises(ValueError, match="clip_grad_norm"):
         kerakd.Distiller(student, "none", clip_grad_norm=-1.0)
+
+
+# -- oversized method parts ---------------------------------------------------
+
+def tiny_net(name, width):
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = keras.layers.Conv2D(2, 3, padding="same", name=f"{name}_conv")(inputs)
+    x = keras.layers.ReLU(name="stage1")(x)
+    x = keras.layers.Conv2D(width, 1, name=f"{name}_wide")(x)
+    x = keras.layers.ReLU(name="stage2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x), name=name)
+
+
+def test_a_method_ten_times_the_student_warns_once_naming_taps_and_counts():
+    student, teacher = tiny_net("s", 2), tiny_net("t", 512)
+    distiller = kerakd.Distiller(student, "fitnet", teacher)
+    method_count, student_count = 2 * 512 + 2 * 512, 56 + 6 + 15  # conv1x1 + BN scale/offset
+    assert sum(int(np.prod(v.shape)) for v in student.trainable_weights) == student_count
+    with pytest.warns(UserWarning) as record:
+        distiller.build((8, *IMAGE_SHAPE))
+    messages = [str(w.message) for w in record if "trainable parameters" in str(w.message)]
+    assert len(messages) == 1
+    message = messages[0]
+    assert f"{method_count:,}" in message and f"student's {student_count:,}" in message
+    assert "student taps: stage1 (2 channels), stage2 (2 channels)" in message
+    assert "teacher taps: stage1 (2 channels), stage2 (512 channels)" in message
+    assert "student_taps=" in message and "--student_taps/--teacher_taps" in message
+    distiller.build((8, *IMAGE_SHAPE))  # built: no second warning
+
+
+def test_no_size_warning_for_the_zoo_resnet8_with_fitnet(teacher, student):
+    import warnings
+
+    distiller = kerakd.Distiller(student, "fitnet", teacher)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*trainable parameters")
+        distiller.build((8, *IMAGE_SHAPE))

@@ -21,7 +21,7 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
 HERE = os.path.dirname(__file__)
 METHODS = kerakd.methods.available() + ["kd+at"]
-CHECKS = METHODS + ["sync_batchnorm", "clip_grad_norm"]
+CHECKS = METHODS + ["sync_batchnorm", "clip_grad_norm", "replica_batchnorm"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,15 @@ def test_synchronized_batchnorm_steps_as_one_device_on_the_global_batch(multi_re
     assert result["moved"] > 1e-3
     assert result["relative_weight_diff"] < 1e-5, result
     assert max(result["loss_diff"].values()) < 1e-5, result["loss_diff"]
+
+
+def test_replicas_hold_one_copy_of_the_batchnorm_statistics(multi_replica_results):
+    result = multi_replica_results["replica_batchnorm"]
+    assert "error" not in result, result.get("error")
+    assert result["statistics"] > 10
+    # Per-replica batch statistics alone made the copies differ by ~1e-2.
+    assert result["spread"] < 1e-6, result
+    assert result["prediction_diff"] < 1e-5, result
 
 
 def test_gradient_clipping_reads_the_global_batch(multi_replica_results):
