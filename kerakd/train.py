@@ -26,6 +26,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app
 from absl import flags
@@ -97,8 +98,11 @@ class RunProgress(keras.callbacks.Callback):
     """Commits the run's state after every epoch; restores it when resuming.
 
     After epoch `N` it writes the model's weights (student, method and
-    optimizer state) to `checkpoints/epoch-N.weights.h5`, then commits
-    `checkpoints/checkpoint.json`, which names that file and holds the
+    optimizer state) to `checkpoints/epoch-N.weights.h5` and the states of
+    its random generators (`keras.random.SeedGenerator`: CRD's negatives,
+    LFMA's cutout masks, AID's rotations; Keras's weights files leave them
+    out) to `checkpoints/epoch-N.random.npz`, then commits
+    `checkpoints/checkpoint.json`, which names those files and holds the
     progress: the per-epoch metrics history, best and last validation
     accuracy, wall time. The commit is an `os.replace`, so a run killed at
     any moment leaves a checkpoint whose weights file is complete; older
@@ -130,6 +134,7 @@ class RunProgress(keras.callbacks.Callback):
                 self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(
                 os.path.join(self.checkpoint_dir, self._committed["weights"]))
+            self._restore_random_state(self._committed.get("random_state"))
             # A kill between the commit and best.keras left best.keras behind.
             if self.state["best_epoch"] == self.state["epochs_done"]:
                 self._save_best()
@@ -152,16 +157,47 @@ class RunProgress(keras.callbacks.Callback):
         if improved:
             self._save_best()
 
+    def _random_generators(self):
+        """The state variables of the model's random generators: its
+        variables that are not weights."""
+        weights = {id(v) for v in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
+
+    def _restore_random_state(self, name):
+        generators = self._random_generators()
+        if name is None:
+            if generators:  # a checkpoint of an older kerakd: resumes, not exactly
+                print("kerakd-train: the checkpoint holds no random-generator state; "
+                      "the resumed run draws other random numbers than an "
+                      "uninterrupted one.")
+            return
+        with np.load(os.path.join(self.checkpoint_dir, name)) as saved:
+            states = [saved[f"state{i}"] for i in range(len(saved.files))]
+        if [s.shape for s in states] != [tuple(v.shape) for v in generators]:
+            raise ValueError(
+                f"{self.checkpoint_dir}/{name} holds {len(states)} random-generator "
+                f"states, the model has {len(generators)}: the checkpoint is of "
+                "another model or method. Use another --model_dir, or --overwrite.")
+        for variable, state in zip(generators, states):
+            variable.assign(state)
+
     def _commit(self, epoch):
         os.makedirs(self.checkpoint_dir, exist_ok=True)
         name = f"epoch-{epoch}.weights.h5"
+        random_state = f"epoch-{epoch}.random.npz"
         temporary = os.path.join(self.checkpoint_dir, f"epoch-{epoch}.tmp.weights.h5")
         self.model.save_weights(temporary)
         os.replace(temporary, os.path.join(self.checkpoint_dir, name))
+        temporary = os.path.join(self.checkpoint_dir, f"epoch-{epoch}.tmp.random.npz")
+        with open(temporary, "wb") as file:
+            np.savez(file, **{f"state{i}": np.asarray(v.numpy())
+                              for i, v in enumerate(self._random_generators())})
+        os.replace(temporary, os.path.join(self.checkpoint_dir, random_state))
         _write_json(os.path.join(self.checkpoint_dir, os.path.basename(CHECKPOINT)),
-                    {"epoch": epoch, "weights": name, "progress": self.state})
-        for path in glob.glob(os.path.join(self.checkpoint_dir, "epoch-*.weights.h5")):
-            if os.path.basename(path) != name:
+                    {"epoch": epoch, "weights": name, "random_state": random_state,
+                     "progress": self.state})
+        for path in glob.glob(os.path.join(self.checkpoint_dir, "epoch-*")):
+            if os.path.basename(path) not in (name, random_state):
                 os.remove(path)  # older epochs, or a save a crash cut short
 
     def _save_best(self):
