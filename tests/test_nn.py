@@ -137,13 +137,14 @@ ZOO_INITS = {
     "shufflenetv2": (torch_default_kernel, "torch_default", "torch_default"),
     "resnet18": (kaiming_fan_out_kernel, "torch_default", "torch_default"),
     "resnet18_cifar": (torch_default_kernel, "torch_default", "torch_default"),
+    "resnet50_cifar": (kaiming_fan_out_kernel, "torch_default", "torch_default"),
 }
 
 
 def test_every_zoo_family_is_listed():
     families = {"resnet8": "resnet_cifar", "wrn_16_1": "wrn", "vgg8": "vgg",
                 "mobilenetv2": "mobilenetv2", "shufflenetv1": "shufflenet",
-                "resnet18": "resnet_imagenet"}
+                "resnet18": "resnet_imagenet", "resnet50_cifar": "resnet50_cifar"}
     modules = {kerakd.models.registry.factory(n).__module__.rsplit(".", 1)[-1]
                for n in kerakd.models.available()}
     assert modules == set(families.values())

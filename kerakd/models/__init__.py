@@ -34,3 +34,4 @@ from kerakd.registry import import_submodules  # noqa: E402
 
 # Each zoo module registers its models when imported.
 import_submodules(__name__, __path__)
+from kerakd.models.pytorch_import import CheckpointMismatchError, from_pytorch  # noqa: E402,F401
