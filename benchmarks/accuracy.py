@@ -8,8 +8,10 @@
 Every run is an ordinary `kerakd-train` run (`kerakd.train.run_with_args`),
 with the recipe of the method's config (`configs/fmnist/<method>.flags`, else
 `configs/<method>.flags`) and this script's dataset, models and budget. For
-each pair (`PAIRS`) it trains the teacher once, then the student with each of
-the pair's methods and each seed; methods without a teacher (the plain student
+each pair (`PAIRS`) it takes the committed teacher (`benchmarks/teachers/`,
+on Fashion-MNIST; `--train_teacher` trains one instead, as it does on other
+datasets), then trains the student with each of the pair's methods and each
+seed; methods without a teacher (the plain student
 and the self-distillation methods) depend only on the student, so pairs with
 the same student share those runs. Runs go under `--runs_dir`; a run whose
 `results.json` exists is reused (a run of other flags there stops the script
@@ -65,7 +67,8 @@ BLOCK = re.compile(r"<!-- accuracy -->.*?<!-- /accuracy -->", re.S)
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-    """A teacher -> student pair and the methods compared on it (`None`: all).
+    """A teacher -> student pair, the methods compared on it (`None`: all) and
+    the number of seeds of each (`--seeds` overrides it).
 
     `student_learning_rate`, when set, replaces every config's learning rate
     for this student (RepDistiller trains MobileNet and ShuffleNet students
@@ -77,6 +80,7 @@ class Pair:
     student: str
     methods: tuple = None
     student_learning_rate: float = None
+    seeds: int = 3
 
 
 PAIRS = {
@@ -91,8 +95,12 @@ PAIRS = {
     # 31,000 after epoch 1) and AFD never left 12%; at 0.01 the plain one
     # reached 29% in this budget.
     "resnet_mobilenet": Pair("resnet20", "mobilenetv2", CROSS_LAYER_METHODS,
-                             student_learning_rate=0.02),
+                             student_learning_rate=0.02, seeds=2),
 }
+TEACHERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teachers")
+# Teachers committed with the project, by (dataset, architecture): a `.keras`
+# file and a JSON of how it was made and how it scores.
+COMMITTED_TEACHERS = {("fashion_mnist", "resnet20"): "resnet20_fashion_mnist"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +128,15 @@ class Budget:
 
 
 BUDGETS = {
-    # Sized for an idle 2-core CPU, within an hour for three seeds of every
-    # run: a resnet8 step takes ~0.22 s, a resnet20 one ~0.55 s, and each
-    # epoch's evaluation on the 10,000 test images ~8 s. The teacher, trained
-    # once, gets 4x a student's steps so that it is clearly the better model.
-    "default": Budget(epochs=3, steps_per_epoch=25, teacher_epochs=3,
-                      teacher_steps_per_epoch=100),
+    # Two full passes per student (4 epochs of 235 batches of 128: 940 steps),
+    # the least at which a comparison of methods means something here: at a
+    # sixth of a pass most methods lost to the plain student only because
+    # their extra terms had not paid off yet. About 7 hours on an idle 2-core
+    # CPU for every run (a resnet8 step ~0.2 s, SemCKD's ~1.1 s, MobileNetV2's
+    # ~1 s). The teacher recipe (when one is trained) is
+    # configs/fmnist/teacher.flags: 12 full passes.
+    "default": Budget(epochs=4, steps_per_epoch=235, teacher_epochs=12,
+                      teacher_steps_per_epoch=None),
     # The configs' recipe, for a GPU: 30 full passes per run.
     "full": Budget(epochs=30, steps_per_epoch=None, teacher_epochs=30,
                    teacher_steps_per_epoch=None),
@@ -139,7 +150,14 @@ flags.DEFINE_list("methods", None, "Only these of each pair's methods (default: 
                   "of them).")
 flags.DEFINE_list("extra_methods", [], "Registered methods to add to the first pair "
                   "(e.g. crd,dkd), with the recipe of their config.")
-flags.DEFINE_integer("seeds", 3, "Seeds per method (0, 1, ...).", lower_bound=1)
+flags.DEFINE_integer("seeds", None, "Seeds per method (0, 1, ...); default: the "
+                     "pair's (3 on resnet, 2 on resnet_mobilenet).", lower_bound=1)
+flags.DEFINE_bool("report_only", False, "Train nothing: report the runs that have "
+                  "finished (a benchmark spanning several sessions), listing the "
+                  "missing ones.")
+flags.DEFINE_bool("train_teacher", False, "Train each pair's teacher (with "
+                  "configs/fmnist/teacher.flags and the budget's teacher epochs) "
+                  "instead of taking the committed one of benchmarks/teachers/.")
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (synthetic: a smoke test).")
 flags.DEFINE_string("data_dir", None, "Passed to kerakd-train's --data_dir.")
 flags.DEFINE_integer("epochs", None, "Overrides the budget's student epochs.",
@@ -219,6 +237,9 @@ def train_or_reuse(args, model_dir):
             print(f"accuracy: reusing {model_dir}", flush=True)
             with open(path) as file:
                 return json.load(file)
+    if FLAGS.report_only:
+        print(f"accuracy: not run yet: {model_dir}", flush=True)
+        return {"missing": True}
     print(f"accuracy: training {model_dir}", flush=True)
     try:
         results = train.run_with_args(args)
@@ -275,9 +296,24 @@ def summary(values):
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
 
-def train_teacher(pair, budget):
-    """Results of the pair's teacher (trained alone with the teacher config),
-    with the path of its `student.keras`."""
+def committed_teacher(architecture):
+    """The committed teacher of `architecture` on `--dataset` (its record,
+    with the path of its `.keras` file), or None."""
+    name = COMMITTED_TEACHERS.get((FLAGS.dataset, architecture))
+    if name is None:
+        return None
+    with open(os.path.join(TEACHERS_DIR, f"{name}.json")) as file:
+        record = json.load(file)
+    return {**record, "file": os.path.join(TEACHERS_DIR, f"{name}.keras")}
+
+
+def get_teacher(pair, budget):
+    """The pair's committed teacher, else one trained alone with the teacher
+    config: its results, with the path of its `.keras` file."""
+    committed = None if FLAGS.train_teacher else committed_teacher(pair.teacher)
+    if committed:
+        print(f"accuracy: teacher {committed['file']}", flush=True)
+        return committed
     teacher_dir = os.path.join(FLAGS.runs_dir, "teachers", pair.teacher)
     results = train_or_reuse(
         run_args(config_path("teacher"), pair.teacher, budget.teacher_epochs,
@@ -294,6 +330,8 @@ def train_student(pair, method, seed, budget, teacher):
     if pair.student_learning_rate:
         args.append(f"--learning_rate={pair.student_learning_rate}")
     results = train_or_reuse(args, model_dir)
+    if "missing" in results:
+        return {"seed": seed, "model_dir": model_dir, "missing": True}
     if "error" in results:
         return {"seed": seed, "model_dir": model_dir, "error": results["error"]}
     return {"seed": seed, "model_dir": model_dir,
@@ -308,11 +346,16 @@ def pair_result(pair, teacher, runs):
     """`{teacher, student, methods: {method: runs and their mean ± std}}`."""
     result = {"teacher": pair.teacher, "student": pair.student,
               "teacher_accuracy": teacher["final_accuracy"],
-              "teacher_wall_time_s": teacher["wall_time_s"], "methods": {}}
+              "teacher_wall_time_s": teacher["wall_time_s"],
+              "teacher_file": os.path.relpath(teacher["file"], os.path.dirname(CONFIGS))
+              if "command" in teacher else None, "methods": {}}
     for method, method_runs in runs.items():
+        missing = sum(1 for r in method_runs if "missing" in r)
+        method_runs = [r for r in method_runs if "missing" not in r]
         finished = [r for r in method_runs if "error" not in r]
         entry = {"config": os.path.relpath(config_path(method), os.path.dirname(CONFIGS)),
-                 "runs": method_runs, "diverged": len(method_runs) - len(finished)}
+                 "runs": method_runs, "diverged": len(method_runs) - len(finished),
+                 "missing": missing}
         if finished:
             entry.update({f"{k}_accuracy": summary([r[f"{k}_accuracy"] for r in finished])
                           for k in ("final", "best")},
@@ -330,14 +373,20 @@ def finished_methods(pair_result):
     return {m: e for m, e in pair_result["methods"].items() if "final_accuracy" in e}
 
 
+def pair_seeds(pair):
+    return FLAGS.seeds or pair.seeds
+
+
 def benchmark(budget):
     """Trains (or reuses) the teachers, then every pair x method run seed by
     seed: an interrupted benchmark has the first seeds of every method."""
     pairs = {key: PAIRS[key] for key in FLAGS.pairs}
-    teachers = {key: train_teacher(pair, budget) for key, pair in pairs.items()}
+    teachers = {key: get_teacher(pair, budget) for key, pair in pairs.items()}
     runs = {key: {m: [] for m in pair_methods(key, pair)} for key, pair in pairs.items()}
-    for seed in range(FLAGS.seeds):
+    for seed in range(max(pair_seeds(pair) for pair in pairs.values())):
         for key, pair in pairs.items():
+            if seed >= pair_seeds(pair):
+                continue
             for method, method_runs in runs[key].items():
                 method_runs.append(train_student(pair, method, seed, budget, teachers[key]))
     return {key: pair_result(pair, teachers[key], runs[key]) for key, pair in pairs.items()}
@@ -355,18 +404,23 @@ def _pct(stats):
 def pair_table(key, pair_result):
     """A Markdown table of one pair's methods."""
     r = pair_result
+    made = (f"committed: `{r['teacher_file']}`" if r.get("teacher_file")
+            else f"trained in {r['teacher_wall_time_s']:.0f} s")
     lines = [f"**{key}**: {r['teacher']} -> {r['student']} (teacher "
-             f"{100 * r['teacher_accuracy']:.2f}%, trained in {r['teacher_wall_time_s']:.0f} s)",
+             f"{100 * r['teacher_accuracy']:.2f}%, {made})",
              "",
              "| method | final accuracy (%) | best accuracy (%) | gain over plain (points) "
              "| wall time per run (s) |",
              "|---|---|---|---|---|"]
     for method, m in r["methods"].items():
+        missing = f" ({m['missing']} seed(s) not run yet)" if m.get("missing") else ""
         if "final_accuracy" not in m:
-            lines.append(f"| {method} | diverged ({m['diverged']} of {len(m['runs'])} "
-                         "seeds) | - | - | - |")
+            state = (f"diverged ({m['diverged']} of {len(m['runs'])} seeds)" if m["runs"]
+                     else "not run yet")
+            lines.append(f"| {method} | {state}{missing} | - | - | - |")
             continue
         diverged = f" ({m['diverged']} more diverged)" if m["diverged"] else ""
+        diverged += missing
         gain = "-" if m["gain_over_plain"] is None or method == "none" else (
             f"{100 * m['gain_over_plain']:+.2f}")
         lines.append(f"| {method} | {_pct(m['final_accuracy'])}{diverged} "
@@ -380,7 +434,8 @@ def total_wall_time(run):
     share the plain and self-distilled students and may share a teacher)."""
     seconds = {}
     for pair_result in run["pairs"].values():
-        seconds[pair_result["teacher"]] = pair_result["teacher_wall_time_s"]
+        if not pair_result.get("teacher_file"):  # a committed one took no time here
+            seconds[pair_result["teacher"]] = pair_result["teacher_wall_time_s"]
         for entry in pair_result["methods"].values():
             seconds.update({r["model_dir"]: r["wall_time_s"] for r in entry["runs"]
                             if "error" not in r})
@@ -398,7 +453,8 @@ def markdown_block(run, figures):
         "",
         f"Budget ({run['budget_name']}): {run['budget_text']}. Learning rate divided "
         "by 10 at half and three quarters of the epochs; test accuracy on the full "
-        f"test set after each epoch. {run['seeds']} seed(s) per method; mean ± sample "
+        f"test set after each epoch. Seeds per method: "
+        f"{', '.join(f'{n} on {key}' for key, n in run['seeds'].items())}; mean ± sample "
         "std over seeds; *final* is after the last epoch, *best* the best epoch; the "
         "gain is the difference of final means. Raw results: "
         f"`{run['results_file']}`.",
@@ -451,7 +507,8 @@ def plot_bars(run, path):
         axis.set_title(f"{pair_result['teacher']} -> {pair_result['student']}")
         axis.set_ylabel("final test accuracy (%)")
         axis.tick_params(axis="x", rotation=45)
-    figure.suptitle(f"{run['dataset']}, {run['seeds']} seed(s) ({run['budget_name']} budget)")
+    seeds = "/".join(str(n) for n in run["seeds"].values())
+    figure.suptitle(f"{run['dataset']}, {seeds} seeds ({run['budget_name']} budget)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -512,7 +569,8 @@ def main(argv):
            "machine": machine(), "dataset": FLAGS.dataset, "budget_name": budget_name,
            "budget": dataclasses.asdict(budget),
            "budget_text": budget.describe(training_set_size()),
-           "seeds": FLAGS.seeds, "results_file": results_file}
+           "seeds": {key: pair_seeds(PAIRS[key]) for key in FLAGS.pairs},
+           "results_file": results_file}
     run["pairs"] = benchmark(budget)
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     with open(results_file, "w") as file:

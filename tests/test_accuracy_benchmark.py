@@ -9,9 +9,10 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "benchmarks", "accuracy.py")
 
 
-def run_benchmark(tmp_path, epochs=1, check=True):
+def run_benchmark(tmp_path, epochs=1, check=True, extra=()):
     args = [sys.executable, SCRIPT, "--dataset=synthetic", "--pairs=resnet",
             "--methods=none,kd", "--seeds=1", f"--epochs={epochs}", "--teacher_epochs=1",
+            *extra,
             "--steps_per_epoch=1", "--batch_size=16",
             f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
             f"--figures_dir={tmp_path / 'docs'}", f"--output={tmp_path / 'docs' / 'b.md'}"]
@@ -40,6 +41,11 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
     stdout = run_benchmark(tmp_path).stdout  # every run is finished: all are reused
     assert "accuracy: training" not in stdout
     assert (tmp_path / "docs" / "b.md").read_text().count("## Accuracy") == 1
+
+    # A benchmark spanning sessions: report what has finished, train nothing.
+    stdout = run_benchmark(tmp_path, extra=["--report_only", "--seeds=2"]).stdout
+    assert "accuracy: training" not in stdout and "not run yet" in stdout
+    assert "(1 seed(s) not run yet)" in (tmp_path / "docs" / "b.md").read_text()
 
     # Another budget in the same --runs_dir: refused, not reported as its own.
     refused = run_benchmark(tmp_path, epochs=2, check=False)
