@@ -5,6 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Subprocesses of minutes: skipped by the quick command (README, "Set up").
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "throughput.py")
 
 

@@ -239,6 +239,7 @@ def composed_step(names, part, x, y):
     return spec, data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", PAIRS)
 def test_a_composition_is_the_union_of_its_parts(parts, first, second):
     part, x, y = parts

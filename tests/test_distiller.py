@@ -138,6 +138,7 @@ def test_distiller_round_trips_through_a_keras_file(tmp_path, teacher, student):
     compiled(restored).fit(make_dataset(n=16), epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_student_loads_in_a_process_without_kerakd(tmp_path, teacher, student):
     distiller = compiled(kerakd.Distiller(student, "kd", teacher))
     distiller.fit(make_dataset(n=16), epochs=1, verbose=0)

@@ -19,6 +19,9 @@ import pytest
 import kerakd
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
+# Subprocesses of minutes: skipped by the quick command (README, "Set up").
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(__file__)
 METHODS = kerakd.methods.available() + ["kd+at"]
 CHECKS = METHODS + ["sync_batchnorm", "clip_grad_norm", "replica_batchnorm"]

@@ -220,6 +220,7 @@ def test_a_last_checkpoint_with_python_objects_is_refused_safely(resnet8, tmp_pa
         kerakd.models.from_pytorch("resnet8", str(path))
 
 
+@pytest.mark.slow
 def test_kerakd_imports_without_torch_and_names_the_extra(resnet8, tmp_path):
     npz = tmp_path / "resnet8.npz"
     np.savez(npz, **{k: v.numpy() for k, v in resnet8[0].state_dict().items()})
@@ -241,6 +242,7 @@ def test_kerakd_imports_without_torch_and_names_the_extra(resnet8, tmp_path):
     assert 'refused:' in result.stdout and 'pip install -e ".[torch]"' in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_writes_a_teacher_that_loads_without_kerakd_and_train_accepts(resnet8, tmp_path):
     from kerakd import import_teacher, train
 

@@ -12,6 +12,9 @@ import os
 
 import pytest
 
+# Subprocesses of minutes: skipped by the quick command (README, "Set up").
+pytestmark = pytest.mark.slow
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 

@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Subprocesses of minutes: skipped by the quick command (README, "Set up").
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 README = open(os.path.join(ROOT, "README.md")).read()
 

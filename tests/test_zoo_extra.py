@@ -155,6 +155,7 @@ assert not [m for m in sys.modules if m.startswith("kerakd")], "kerakd was impor
 """
 
 
+@pytest.mark.slow
 def test_saved_models_reload_without_kerakd(tmp_path):
     # Started first, so that its TensorFlow import overlaps the saving.
     loader = subprocess.Popen(
