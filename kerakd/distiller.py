@@ -2,6 +2,7 @@
 
 import math
 import warnings
+import weakref
 
 import keras
 import tensorflow as tf
@@ -97,12 +98,34 @@ def _check_logits_model(model, side):
             f"The {side} must have exactly one output (the logits); "
             f"'{model.name}' has {len(model.outputs)}."
         )
-    activation = getattr(model.layers[-1], "activation", None)
-    if activation is keras.activations.softmax:
+    layer = _output_operation(model)
+    if _is_softmax(layer):
         raise ValueError(
-            f"The {side} '{model.name}' ends in a softmax; distillation needs "
-            "logits. Rebuild its last layer with activation=None."
+            f"The {side} '{model.name}' ends in a softmax (its output layer "
+            f"'{getattr(layer, 'name', layer)}', a {type(layer).__name__}); "
+            "distillation needs logits. Rebuild it without the softmax: drop a "
+            "final Softmax or Activation('softmax') layer, or give the last Dense "
+            "activation=None."
         )
+
+
+def _output_operation(model):
+    """The layer (or op) that makes `model`'s output, looked for inside nested
+    functional or Sequential models; None if the graph does not tell."""
+    try:
+        operation = model.outputs[0]._keras_history.operation
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if isinstance(operation, keras.Model) and operation is not model:
+        return _output_operation(operation) or operation
+    return operation
+
+
+def _is_softmax(layer):
+    """Whether `layer` outputs probabilities: a `Softmax` layer (or the
+    `keras.ops.softmax` op), or any layer with a softmax activation."""
+    return (type(layer).__name__ == "Softmax"
+            or getattr(layer, "activation", None) is keras.activations.softmax)
 
 
 OVERSIZED_METHOD_RATIO = 10
@@ -217,6 +240,39 @@ def _apply_if(condition, apply):
                  lambda: None)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
+# Distillers already warned about integer (raw-pixel) images.
+_WARNED_RAW_PIXELS = weakref.WeakSet()
+
+
+def _check_batch_input(distiller, images, labels, num_classes):
+    """Adds a check that int labels are class ids in `[0, num_classes)` to a
+    training step (two reductions; XLA, `jit_compile=True`, drops it), and
+    warns once per `distiller` (when its step is traced) about integer
+    images, which are likely raw pixels that nothing normalised.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when the step runs on a batch with a
+            label outside the classes; the message gives the batch's label
+            range and the number of classes.
+    """
+    if images.dtype.is_integer and distiller not in _WARNED_RAW_PIXELS:
+        _WARNED_RAW_PIXELS.add(distiller)
+        warnings.warn(
+            f"The Distiller trains on {images.dtype.name} images: raw pixels? The "
+            "models expect normalised float images, e.g. (x / 255 - mean) / std "
+            "per channel (kerakd.data pipelines do this).",
+            UserWarning, stacklevel=3)
+    if not labels.dtype.is_integer:
+        return  # soft labels (mixup, cutmix)
+    low, high = tf.reduce_min(labels), tf.reduce_max(labels)
+    tf.debugging.Assert(
+        tf.logical_and(low >= 0, high < num_classes),
+        [f"Labels must be class ids in [0, {num_classes}) (the student predicts "
+         f"{num_classes} classes), but this batch has labels from", low, "to", high,
+         ". Fix the labels, or build the student (and teacher) for more classes."],
+        name="check_labels")
 
 
 def _all_finite(tensors):
@@ -587,6 +643,7 @@ class Distiller(keras.Model):
     def train_step(self, data):
         images, labels, index = self._unpack(data, training=True)
         self._ensure_built(images)
+        _check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
         teacher = self._forward_teacher(images) if self._teacher_net else None
         variables = self.trainable_variables
         # What the forward pass itself updates (BatchNorm statistics, memory

@@ -25,6 +25,7 @@ from kerakd import methods
 from kerakd import models
 from kerakd import taps
 from kerakd.data import AUGMENTATIONS
+from kerakd.data import sources
 from kerakd.distiller import NAN_POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -85,6 +86,10 @@ def _define_core_flags(flag_values):
     define("enum", "nan_policy", "stop", "On a NaN or Inf loss: stop (exit with an "
            "error; the last checkpoint is kept) or skip_batch (apply no update for "
            "that batch; counted as skipped_batches).", enum_values=NAN_POLICIES)
+    define("float", "max_skipped_share", 0.5, "With --nan_policy=skip_batch: stop "
+           "the run (exit 1, the last checkpoint kept) once more than this share "
+           "of an epoch's batches, or all of them, were skipped.", lower_bound=0,
+           upper_bound=1)
     define("boolean", "overwrite", False, "Start over in a --model_dir that holds "
            "a run: move that run aside to <model_dir>.replaced-<time>.")
     define("enum", "strategy", "default", "tf.distribute strategy: one device, all "
@@ -196,18 +201,33 @@ def parse(argv):
             (`["kerakd-train", "--method=kd", ...]`); `--flagfile=` works.
 
     Raises:
-        absl.flags.Error: an unknown flag or a bad value (the message names it).
+        absl.flags.Error: an unknown flag or a bad value (the message names it,
+            and the flagfile that sets an unknown flag).
     """
     flag_values = flags.FlagValues()
     define_flags(flag_values)
+    parse_into(flag_values, argv)
+    return flag_values
+
+
+def parse_into(flag_values, argv):
+    """Parses `argv` into `flag_values` (whose flags are defined); an unknown
+    flag set in a flagfile names the file (absl alone does not).
+
+    Returns:
+        The arguments left over, program name first.
+
+    Raises:
+        absl.flags.Error: an unknown flag (with the close names absl suggests)
+            or a bad value.
+    """
     try:
-        flag_values(list(argv))
+        return flag_values(list(argv))
     except flags.UnrecognizedFlagError as error:
         flagfile = _flagfile_setting(error.flagname, argv)
         if flagfile is None:
             raise
         raise flags.Error(f"{flagfile}: {error}") from error
-    return flag_values
 
 
 def _flagfile_setting(flag_name, argv):
@@ -389,6 +409,15 @@ def check_flags(flag_values):
             f"--tpu={fv.tpu} names a TPU for --strategy=tpu (got --strategy="
             f"{fv.strategy}): add --strategy=tpu, or remove --tpu."
         )
+    problem = dataset_name_problem(fv.dataset)
+    if problem:
+        raise app.UsageError(f"--dataset={fv.dataset}: {problem}")
+    if fv["max_skipped_share"].present and fv.nan_policy != "skip_batch":
+        raise app.UsageError(
+            f"--max_skipped_share applies to --nan_policy=skip_batch (got "
+            f"--nan_policy={fv.nan_policy}): add --nan_policy=skip_batch, or remove "
+            "--max_skipped_share."
+        )
     if fv.sync_batchnorm and fv.strategy == "default":
         raise app.UsageError(
             "--sync_batchnorm synchronizes BatchNorm across replicas, but "
@@ -398,11 +427,18 @@ def check_flags(flag_values):
 
 
 def check_files(flag_values):
-    """Checks the `--teacher` file (`--data_dir` may be a new tfds directory).
+    """Checks the `--teacher` file, that `--model_dir` can be a directory, and
+    that a Fashion-MNIST `--data_dir` holds the IDX files (for other datasets
+    `--data_dir` may be a new tfds directory).
 
     Raises:
         absl.app.UsageError: naming the flag.
     """
+    _check_model_dir(flag_values.model_dir)
+    if flag_values.dataset == "fashion_mnist" and flag_values.data_dir:
+        problem = sources.fashion_mnist_dir_problem(flag_values.data_dir)
+        if problem:
+            raise app.UsageError(f"--data_dir={flag_values.data_dir} {problem}")
     teacher = flag_values.teacher
     if teacher and not os.path.isfile(teacher):
         raise app.UsageError(
@@ -411,6 +447,29 @@ def check_files(flag_values):
         )
     if teacher and not teacher.endswith(".keras"):
         raise app.UsageError(f"--teacher={teacher}: expected a .keras file.")
+
+
+def dataset_name_problem(name):
+    """What is wrong with a `--dataset` name (with the closest known name), or
+    None if it is one kerakd reads."""
+    if name in sources.DATASETS or (
+            name.partition(":")[0] in ("tfds", "folder") and name.partition(":")[2]):
+        return None
+    return sources.unknown_dataset_message(name)
+
+
+def _check_model_dir(model_dir):
+    """Raises a UsageError if `--model_dir` is a file, or lies under one."""
+    path = os.path.abspath(model_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if os.path.isdir(path):
+        return
+    what = "is a file" if path == os.path.abspath(model_dir) else f"lies under the file {path}"
+    raise app.UsageError(
+        f"--model_dir={model_dir} {what}, not a directory. Pass a new or existing "
+        "directory (it receives student.keras, checkpoints/, logs/, ...)."
+    )
 
 
 def flag_dict(flag_values):

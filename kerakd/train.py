@@ -19,10 +19,15 @@ From Python (the quickstart does this):
 >>> results["best_accuracy"]
 """
 
+import fcntl
 import glob
 import hashlib
 import json
 import os
+import re
+import shlex
+import socket
+import sys
 import time
 
 import keras
@@ -35,6 +40,7 @@ from kerakd import data
 from kerakd import flags as kerakd_flags
 from kerakd import methods
 from kerakd import models
+from kerakd.data import sources as data_sources
 from kerakd.distiller import Distiller
 from kerakd.distiller import NonFiniteLossError
 from kerakd.distribute import synchronize_batchnorm
@@ -45,9 +51,11 @@ CHECKPOINTS = "checkpoints"
 # The commit point of a checkpoint: names the epoch, its weights file and the
 # run's progress.
 CHECKPOINT = os.path.join(CHECKPOINTS, "checkpoint.json")
+# Held (flock) by the run writing the directory; holds its PID and host.
+LOCK = "run.lock"
 # Flags a resumed run may change: where it runs, and how it treats NaN
 # batches (the way on after a run stopped on one).
-RESUMABLE_CHANGES = ("model_dir", "overwrite", "nan_policy")
+RESUMABLE_CHANGES = ("model_dir", "overwrite", "nan_policy", "max_skipped_share")
 
 
 def learning_rate_schedule(base, milestones=(), decay=0.1, warmup_epochs=0):
@@ -206,6 +214,42 @@ class RunProgress(keras.callbacks.Callback):
         os.replace(temporary, self.best_path)
 
 
+class StopOnSkippedBatches(keras.callbacks.Callback):
+    """Stops a `--nan_policy=skip_batch` run that diverged: once more than
+    `max_share` of an epoch's batches, or all of them, were skipped.
+
+    It raises `NonFiniteLossError` after the batch that crosses the line,
+    before the epoch ends: that epoch is neither checkpointed nor reported
+    (its means would cover few batches, or none).
+
+    Args:
+        steps: the batches of an epoch.
+        max_share: `--max_skipped_share`.
+    """
+
+    def __init__(self, steps, max_share):
+        super().__init__()
+        self.steps, self.max_share = steps, max_share
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = round(float(keras.ops.convert_to_numpy(
+            (logs or {}).get("skipped_batches", 0))))
+        if skipped < self.steps and skipped <= self.max_share * self.steps:
+            return
+        why = ("every batch" if skipped >= self.steps else
+               f"more than --max_skipped_share={self.max_share:g} of its batches")
+        raise NonFiniteLossError(
+            f"--nan_policy=skip_batch skipped {skipped} of the {batch + 1} batches so "
+            f"far of epoch {self._epoch + 1} ({self.steps} batches), {why}: the loss "
+            "is NaN or Inf on most batches, so training has diverged; the run stops "
+            "(exit 1) without exporting a student. Lower --learning_rate, set "
+            "--clip_grad_norm, or check the data."
+        )
+
+
 def _configure_devices(num_logical_cpus):
     """Splits the CPU into logical devices; only possible before TF starts."""
     if not num_logical_cpus:
@@ -268,10 +312,103 @@ def _output_dir(model_dir, strategy):
 
 
 def _move_aside(model_dir):
-    """Renames `model_dir` to `<model_dir>.replaced-<time>`; returns the new name."""
+    """Moves the run in `model_dir` to `<model_dir>.replaced-<time>` (all but
+    this run's lock); returns the new name."""
     moved = f"{os.path.normpath(model_dir)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(model_dir, moved)
+    os.makedirs(moved)
+    for name in _run_files(model_dir):
+        os.rename(os.path.join(model_dir, name), os.path.join(moved, name))
     return moved
+
+
+def _run_files(model_dir):
+    """The entries of `model_dir` but its lock file."""
+    return [n for n in os.listdir(model_dir) if n != LOCK]
+
+
+def _lock_owner(fd):
+    """The `PID host` text a lock file holds (`"unknown"` if empty)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+
+
+def _describe_owner(owner):
+    pid, _, host = owner.partition(" ")
+    return f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+
+
+def _in_use_error(model_dir, owner):
+    return app.UsageError(
+        f"--model_dir={model_dir} is in use by another kerakd-train run "
+        f"({_describe_owner(owner)}, which holds {os.path.join(model_dir, LOCK)}). Wait "
+        "for it to end (or stop it), or use another --model_dir."
+    )
+
+
+def check_not_in_use(model_dir):
+    """Refuses `model_dir` early if a live run holds its lock; takes nothing.
+
+    Raises:
+        absl.app.UsageError: naming the other run's PID.
+    """
+    try:
+        fd = os.open(os.path.join(model_dir, LOCK), os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use_error(model_dir, _lock_owner(fd)) from None
+    finally:
+        os.close(fd)
+
+
+def take_lock(model_dir):
+    """Takes the exclusive lock of `model_dir` (creating it): an advisory
+    `flock` on `model_dir/run.lock`, which holds this process's PID and
+    host. The kernel drops the lock when the process ends, even on SIGKILL,
+    so a lock left by a dead run is taken over (with a message).
+
+    Returns:
+        The lock's file descriptor, for `release_lock`.
+
+    Raises:
+        absl.app.UsageError: another live run holds the lock (naming its PID).
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise _in_use_error(model_dir, owner) from None
+        try:  # a run that ended just now may have removed the file we locked
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    left = os.fstat(fd).st_size and _lock_owner(fd)
+    if left:
+        print(f"kerakd-train: {path} was left by {_describe_owner(left)}, which no "
+              "longer runs; taking it over.")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def release_lock(model_dir, fd):
+    """Removes the lock `take_lock` took (nothing if `fd` is None)."""
+    if fd is None:
+        return
+    try:
+        os.remove(os.path.join(model_dir, LOCK))
+    except FileNotFoundError:
+        pass
+    os.close(fd)
 
 
 def _claim_model_dir(model_dir, flag_values):
@@ -280,11 +417,13 @@ def _claim_model_dir(model_dir, flag_values):
     A finished run, or a killed run of other flags, is refused; with
     `--overwrite` it is moved aside (never deleted) and the run starts over.
 
+    Call it holding the lock of `model_dir` (`take_lock`).
+
     Returns:
         The epoch a killed run resumes after (0 for a new run).
     """
     fv = flag_values
-    if fv.overwrite and os.path.isdir(model_dir) and os.listdir(model_dir):
+    if fv.overwrite and os.path.isdir(model_dir) and _run_files(model_dir):
         print(f"kerakd-train: --overwrite: moved the run in {model_dir} to "
               f"{_move_aside(model_dir)}.")
     if os.path.exists(os.path.join(model_dir, RESULTS)):
@@ -387,8 +526,7 @@ def _make_method(flag_values, num_train):
         try:
             method = methods.get(name, **values)
         except (TypeError, ValueError) as error:
-            named = [f"--{name}_{a}={flag_values[f'{name}_{a}'].value}"
-                     for a in values if f"`{a}`" in str(error)]
+            named = _named_method_flags(flag_values, [name], str(error))
             raise app.UsageError(
                 f"{', '.join(named) or f'--method={flag_values.method}'}: {error}"
             ) from error
@@ -398,6 +536,48 @@ def _make_method(flag_values, num_train):
         return methods.get(flag_values.method, **hparams)
     except (TypeError, ValueError) as error:
         raise app.UsageError(f"--method={flag_values.method}: {error}") from error
+
+
+def _named_method_flags(flag_values, names, message):
+    """`--<method>_<argument>=value` of the arguments of methods `names` that
+    `message` names as `` `argument` `` or `` `argument=value` ``; the flags
+    set on the command line if any of them are named, else all named ones."""
+    named = []
+    for name in names:
+        for argument in kerakd_flags.method_arguments(name):
+            flag = f"{name}_{argument}"
+            if flag in flag_values and re.search(
+                    rf"`{re.escape(argument)}(=[^`]*)?`", message):
+                named.append(flag_values[flag])
+    named = [f for f in named if f.present] or named
+    return [text for text in (f.serialize() for f in named) if text]
+
+
+def _taps_text(flag_values):
+    """` --student_taps=... --teacher_taps=...`, of those set."""
+    return "".join(f" --{side}={','.join(flag_values[side].value)}"
+                   for side in ("student_taps", "teacher_taps") if flag_values[side].value)
+
+
+def _build_distiller(distiller, flag_values, image_shape, replicas):
+    """Builds the Distiller (and so the method) for the per-replica batch; a
+    method that cannot be built so names the flags at fault: its
+    hyperparameter (`--fitnet_hint_stage=7`), `--batch_size` and the replica
+    count, or the method, student and taps."""
+    fv = flag_values
+    per_replica = fv.batch_size // replicas
+    try:
+        distiller.build((per_replica, *image_shape))
+    except ValueError as error:
+        message = str(error)
+        named = _named_method_flags(fv, kerakd_flags.method_names(fv.method), message)
+        if "per-replica batch" in message:
+            named.append(f"--batch_size={fv.batch_size} over {replicas} replica"
+                         f"{'s' if replicas != 1 else ''} ({per_replica} per replica)")
+            message += (" Raise --batch_size (it is the global batch, split over "
+                        "the replicas), or train on fewer replicas.")
+        where = ", ".join(named) or f"--method={fv.method} --student={fv.student}{_taps_text(fv)}"
+        raise app.UsageError(f"{where}: {message}") from error
 
 
 def _make_distiller(flag_values, student, method, teacher):
@@ -413,10 +593,9 @@ def _make_distiller(flag_values, student, method, teacher):
             clip_grad_norm=fv.clip_grad_norm,
         )
     except ValueError as error:
-        taps = "".join(f" --{side}={','.join(fv[side].value)}"
-                       for side in ("student_taps", "teacher_taps") if fv[side].value)
         raise app.UsageError(
-            f"--method={fv.method} --student={fv.student}{taps}: {error}") from error
+            f"--method={fv.method} --student={fv.student}{_taps_text(fv)}: {error}"
+        ) from error
 
 
 def _steps_per_epoch(flag_values, info):
@@ -473,6 +652,8 @@ def train(flag_values):
     fv = flag_values
     kerakd_flags.check_flags(fv)
     kerakd_flags.check_files(fv)
+    if fv.strategy != "multi_worker":  # other workers write elsewhere
+        check_not_in_use(fv.model_dir)
     _configure_devices(fv.num_logical_cpus)
     strategy = _strategy(fv.strategy, fv.tpu)
     replicas = strategy.num_replicas_in_sync
@@ -482,10 +663,14 @@ def train(flag_values):
             f"replicas; use a multiple of {replicas}."
         )
     model_dir = _output_dir(fv.model_dir, strategy)
-    source = data.get_source(fv.dataset, fv.data_dir, fv.image_size)
+    try:
+        source = data.get_source(fv.dataset, fv.data_dir, fv.image_size)
+    except data_sources.DataError as error:
+        raise app.UsageError(str(error)) from error
     info = source.info
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision_policy(fv.mixed_precision))
+    lock = None
     try:
         keras.utils.set_random_seed(fv.seed)
         if fv.deterministic:
@@ -510,9 +695,10 @@ def train(flag_values):
                 student = synchronize_batchnorm(student)
             distiller = _make_distiller(fv, student, method, teacher)
             # Built before fit: a resumed run restores into built variables.
-            distiller.build((per_replica, *info.image_shape))
+            _build_distiller(distiller, fv, info.image_shape, replicas)
             distiller.compile(optimizer=_optimizer(fv), jit_compile=fv.jit_compile)
-        # Every check has passed: only now is --model_dir touched.
+        # Every check has passed: only now is --model_dir touched, under its lock.
+        lock = take_lock(model_dir)
         resume_epoch = _claim_model_dir(model_dir, fv)
         train_ds = data.training_dataset(
             source, fv.batch_size, fv.augment, with_index=method.needs_index,
@@ -525,6 +711,9 @@ def train(flag_values):
         log_dir = os.path.join(model_dir, "logs")
         progress = RunProgress(student, model_dir)
         callbacks = [
+            # First: a diverged epoch stops before anything logs it.
+            *([StopOnSkippedBatches(steps_per_epoch, fv.max_skipped_share)]
+              if fv.nan_policy == "skip_batch" else []),
             keras.callbacks.LearningRateScheduler(learning_rate_schedule(
                 fv.learning_rate, kerakd_flags.lr_milestones(fv), fv.lr_decay,
                 fv.warmup_epochs)),
@@ -541,11 +730,7 @@ def train(flag_values):
                           callbacks=callbacks, verbose=2,
                           shuffle=False)  # the dataset is shuffled
         except NonFiniteLossError as error:
-            raise NonFiniteLossError(
-                f"{error} {model_dir} keeps the checkpoint of epoch "
-                f"{progress.state['epochs_done']}; run the same command to resume "
-                "from it."
-            ) from error
+            raise NonFiniteLossError(f"{error} {_what_is_kept(model_dir)}") from error
         if teacher is not None and weights_digest(teacher) != teacher_digest:
             raise RuntimeError(
                 f"--teacher={fv.teacher}: the teacher's weights changed during the "
@@ -554,25 +739,60 @@ def train(flag_values):
                 "its teacher. The student is not saved; fix the method."
             )
         models.core_keras(student).save(os.path.join(model_dir, "student.keras"))
+        results = _write_results(model_dir, fv, progress.state, resume_epoch)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    state = progress.state
-    results = {
-        "final_accuracy": state["final_accuracy"],
-        "best_accuracy": state["best_accuracy"],
-        "best_epoch": state["best_epoch"],
-        "epochs": fv.epochs,
-        "resumed_from_epoch": resume_epoch,
-        "wall_time_s": round(state["wall_time_s"], 1),
-        "final_metrics": state["final_metrics"],
-        "history": state["history"],
-        "flags": kerakd_flags.flag_dict(fv),
-    }
-    _write_json(os.path.join(model_dir, RESULTS), results)
+        release_lock(model_dir, lock)
     print(f"kerakd-train: validation accuracy {results['final_accuracy']:.4f} "
           f"(best {results['best_accuracy']:.4f}, epoch {results['best_epoch']}); "
           f"outputs in {model_dir}; TensorBoard: tensorboard --logdir {log_dir}")
     return results
+
+
+def _write_results(model_dir, flag_values, state, resume_epoch):
+    """Writes `results.json` of a finished run from its progress; returns it."""
+    results = {
+        "final_accuracy": state["final_accuracy"],
+        "best_accuracy": state["best_accuracy"],
+        "best_epoch": state["best_epoch"],
+        "epochs": flag_values.epochs,
+        "resumed_from_epoch": resume_epoch,
+        "wall_time_s": round(state["wall_time_s"], 1),
+        "final_metrics": state["final_metrics"],
+        "history": state["history"],
+        "flags": kerakd_flags.flag_dict(flag_values),
+    }
+    _write_json(os.path.join(model_dir, RESULTS), results)
+    return results
+
+
+def _what_is_kept(model_dir):
+    """What a stopped run leaves in `model_dir` to resume from, in a sentence."""
+    checkpoint = read_checkpoint(model_dir)
+    if checkpoint is None:
+        return (f"{model_dir} holds no checkpoint (no epoch finished): the same "
+                "command starts over.")
+    weights = os.path.join(model_dir, CHECKPOINTS, checkpoint["weights"])
+    return (f"{model_dir} keeps the checkpoint of epoch {checkpoint['epoch']} "
+            f"({weights}); run the same command to resume from it.")
+
+
+def _interrupted_message(model_dir):
+    """What to tell after a Ctrl-C: the last checkpoint, and the command that
+    resumes from it (or starts over)."""
+    checkpoint = model_dir and read_checkpoint(model_dir)
+    flagfile = model_dir and os.path.join(model_dir, RUN_FLAGS)
+    if checkpoint and os.path.exists(flagfile):
+        return (
+            f"kerakd-train: interrupted. The last checkpoint is "
+            f"{os.path.join(model_dir, CHECKPOINTS, checkpoint['weights'])} (after "
+            f"epoch {checkpoint['epoch']}). Resume with: kerakd-train "
+            f"--flagfile={shlex.quote(flagfile)}"
+        )
+    command = shlex.join(["kerakd-train", *(a for a in sys.argv[1:]
+                                            if a not in ("--overwrite", "--nooverwrite"))])
+    return (f"kerakd-train: interrupted before the first epoch ended; "
+            f"{model_dir} holds no checkpoint. Start again with: {command}")
 
 
 def run_with_args(args):
@@ -589,18 +809,34 @@ def run_with_args(args):
 
 
 def main(argv):
+    """Trains with `flags.FLAGS`: a NaN stop exits 1 with its message, Ctrl-C
+    exits 130 saying where the last checkpoint is and how to resume."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every option is a --flag.")
     try:
         train(flags.FLAGS)
     except NonFiniteLossError as error:
         raise SystemExit(f"kerakd-train: {error}") from error  # exit status 1
+    except KeyboardInterrupt:
+        print(_interrupted_message(flags.FLAGS.model_dir), file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _parse_command_line(argv):
+    """absl's flag parsing for `app.run`, naming the flagfile that sets an
+    unknown flag; a bad flag exits 1 with its message, as absl's does."""
+    try:
+        return kerakd_flags.parse_into(flags.FLAGS, argv)
+    except flags.Error as error:
+        print(f"FATAL Flags parsing error: {error}\nPass --helpfull to see help on "
+              "flags.", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run():
     """Entry point of the `kerakd-train` console script."""
     kerakd_flags.define_flags(flags.FLAGS)
-    app.run(main)
+    app.run(main, flags_parser=_parse_command_line)
 
 
 if __name__ == "__main__":

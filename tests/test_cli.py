@@ -1,14 +1,18 @@
 """End-to-end runs of `kerakd-train` (`kerakd.train`) on tiny data, and its errors."""
 
+import fcntl
 import glob
+import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
@@ -143,6 +147,11 @@ def test_tfds_cifar100_with_mixup(tmp_path):
     (["--mix_alpha=0.4"], "--mix_alpha applies to --augment=mixup"),
     (["--optimizer=adam", "--momentum=0.5"], "--momentum applies to --optimizer=sgd"),
     (["--warmup_epochs=2", "--epochs=2", "--lr_milestones="], "--warmup_epochs"),
+    (["--dataset=fashionmnist"],
+     "--dataset=fashionmnist: unknown dataset 'fashionmnist'. Did you mean "
+     "--dataset=fashion_mnist?"),
+    (["--dataset=mnist"], "For a TensorFlow Datasets name, write --dataset=tfds:mnist."),
+    (["--max_skipped_share=0.2"], "--max_skipped_share applies to --nan_policy=skip_batch"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, args, message):
     model_dir = tmp_path / "run"
@@ -225,3 +234,163 @@ def test_quickstart_reuses_a_finished_run_only_with_the_same_flags(tmp_path, cap
     assert "reusing the finished run" in capsys.readouterr().out
     with pytest.raises(app.UsageError, match=re.escape("--epochs: 1 -> 2")):
         quickstart.train_once(str(tmp_path), [*args, "--epochs=2"])
+
+
+def saved_teacher(directory, classes=4, shape=(16, 16, 3)):
+    """An untrained resnet8 saved as .keras: enough for checks before training."""
+    path = str(directory / "teacher.keras")
+    kerakd.models.get("resnet8", classes, shape).save(path)
+    return path
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_model_dir_that_is_a_file_is_refused_before_any_work(tmp_path, under):
+    (tmp_path / "file").write_text("x")
+    model_dir = tmp_path / "file" / "run" if under else tmp_path / "file"
+    what = f"lies under the file {tmp_path / 'file'}" if under else "is a file"
+    with pytest.raises(app.UsageError, match=re.escape(f"--model_dir={model_dir} {what}")):
+        train.run_with_args(["--method=none", *TINY, f"--model_dir={model_dir}"])
+
+
+def test_fashion_mnist_data_dir_without_idx_files_fails_at_once(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(app.UsageError, match=re.escape(f"--data_dir={empty} lacks the IDX "
+                                                       "files: looked for train-images-idx3")
+                       + r".*t10k-labels-idx1-ubyte\.gz"):
+        train.run_with_args(["--method=none", *TINY, "--dataset=fashion_mnist",
+                             f"--data_dir={empty}", f"--model_dir={tmp_path / 'run'}"])
+    assert os.listdir(empty) == []  # no tfds downloads/
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_idx_file_names_the_file_and_data_dir(tmp_path):
+    for split in ("train", "t10k"):
+        for kind, shape in (("images-idx3", (4, 28, 28)), ("labels-idx1", (4,))):
+            path = tmp_path / f"{split}-{kind}-ubyte.gz"
+            with gzip.open(path, "wb") as file:
+                file.write(bytes([0, 0, 8, len(shape)]) + b"".join(
+                    n.to_bytes(4, "big") for n in shape) + bytes(int(np.prod(shape))))
+    bad = tmp_path / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(b"this is not gzip" * 10)
+    with pytest.raises(app.UsageError, match=re.escape(str(bad)) + r" is not a readable gzip "
+                       r"file.*Replace it in --data_dir=" + re.escape(str(tmp_path))):
+        train.run_with_args(["--method=none", *TINY, "--dataset=fashion_mnist",
+                             f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'run'}"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method=fitnet", "--fitnet_hint_stage=7"],
+     "--fitnet_hint_stage=7: `hint_stage=7` is out of range"),
+    (["--method=semckd", "--batch_size=2"],
+     "--batch_size=2 over 1 replica (2 per replica): SemCKD needs a per-replica batch "
+     "of at least 4"),
+])
+def test_a_method_that_cannot_be_built_names_the_flag(tmp_path, args, message):
+    model_dir = tmp_path / "run"
+    with pytest.raises(app.UsageError, match="^" + re.escape(message)):
+        train.run_with_args([*TINY, *args, f"--teacher={saved_teacher(tmp_path)}",
+                             f"--model_dir={model_dir}"])
+    assert not model_dir.exists()
+
+
+def kerakd_train(args, before="", timeout=300):
+    """The `kerakd-train` entry point (`train.run`) in a subprocess, after `before`."""
+    return run_python("\n".join([
+        "import sys", "from kerakd import train", textwrap.dedent(before),
+        f"sys.argv = ['kerakd-train', *{list(args)!r}]", "train.run()"]), timeout=timeout)
+
+
+def test_an_unknown_flag_in_a_flagfile_names_the_file_on_the_command_line(tmp_path):
+    flagfile = tmp_path / "recipe.flags"
+    flagfile.write_text("--method=none\n--learnig_rate=0.1\n")
+    done = kerakd_train([f"--flagfile={flagfile}", f"--model_dir={tmp_path / 'run'}"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert (f"{flagfile}: Unknown command line flag 'learnig_rate'. Did you mean: "
+            "learning_rate ?") in done.stderr
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
+    model_dir = tmp_path / "run"
+    # Ctrl-C right after epoch 1's checkpoint.
+    done = kerakd_train(["--method=none", *TINY, f"--model_dir={model_dir}"], before="""
+        import os, signal
+        commit = train.RunProgress.on_epoch_end
+        def commit_then_interrupt(self, epoch, logs=None):
+            commit(self, epoch, logs)
+            os.kill(os.getpid(), signal.SIGINT)
+        train.RunProgress.on_epoch_end = commit_then_interrupt
+    """)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    checkpoint = model_dir / "checkpoints" / "epoch-1.weights.h5"
+    assert (f"interrupted. The last checkpoint is {checkpoint} (after epoch 1). Resume "
+            f"with: kerakd-train --flagfile={model_dir / 'run.flags'}") in done.stderr
+    assert not (model_dir / train.LOCK).exists()
+
+
+def test_a_model_dir_in_use_is_refused_naming_the_other_run(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with open(model_dir / train.LOCK, "w") as held:  # as a live run holds it
+            held.write(f"{other.pid} {os.uname().nodename}\n")
+            held.flush()
+            fcntl.flock(held, fcntl.LOCK_EX)
+            for take in (train.check_not_in_use, train.take_lock):
+                with pytest.raises(app.UsageError, match=re.escape(
+                        f"--model_dir={model_dir} is in use by another kerakd-train "
+                        f"run (process {other.pid}, which holds")):
+                    take(str(model_dir))
+            with pytest.raises(app.UsageError, match=f"process {other.pid}"):
+                train.run_with_args(["--method=none", *TINY, f"--model_dir={model_dir}"])
+            assert os.listdir(model_dir) == [train.LOCK]
+    finally:
+        other.kill()
+        other.wait()
+    # The lock a dead run left is taken over, and removed at the end.
+    results = train.run_with_args(["--method=none", *TINY, "--epochs=1", "--lr_milestones=",
+                                   f"--model_dir={model_dir}"])
+    assert results["epochs"] == 1
+    assert f"was left by process {other.pid}, which no longer runs" in capsys.readouterr().out
+    assert not (model_dir / train.LOCK).exists()
+
+
+def readme_setup_command():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(?:bash|sh)\n(.*?)```", setup, re.S)[0].strip()
+
+
+@pytest.mark.parametrize("uid, apt_fails", [("0", None), ("0", "update"), ("0", "install"),
+                                            ("1000", None)])
+def test_readme_setup_updates_apt_and_stops_if_apt_fails(tmp_path, uid, apt_fails):
+    """README's first command with stand-ins for id, apt-get and python3 that log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    (tmp_path / "activate").write_text(
+        f'pip() {{ echo "pip $*" >> {log}; }}\npython() {{ echo "python $*" >> {log}; }}\n')
+    fake = {
+        "id": f"echo {uid}",
+        "apt-get": f'echo "apt-get $*" >> {log}; [ "$1" != "{apt_fails}" ]',
+        "python3": (f'echo "python3 $*" >> {log}; mkdir -p .venv/bin; '
+                    f"cp {tmp_path / 'activate'} .venv/bin/activate"),
+    }
+    for name, body in fake.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    done = subprocess.run(["sh", "-c", readme_setup_command()], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    ran = log.read_text().splitlines()
+    apt = ["apt-get update", "apt-get install -y dataset-fashion-mnist"]
+    if apt_fails:
+        assert done.returncode != 0
+        assert ran == apt[:1 if apt_fails == "update" else 2]  # nothing after
+        assert "dataset-fashion-mnist" in done.stderr  # says what failed
+    else:
+        assert done.returncode == 0, done.stderr
+        assert ran == [*(apt if uid == "0" else []), "python3 -m venv .venv",
+                       "pip install -e .[cpu]", "python -m kerakd.quickstart"]

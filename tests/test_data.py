@@ -1,6 +1,7 @@
 """Data sources and pipelines (`kerakd.data`) on tiny generated or mocked data."""
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -142,6 +143,47 @@ def test_tfds_without_internet_says_which_data_dir_it_expects(tmp_path, monkeypa
 def test_unknown_dataset_lists_the_names():
     with pytest.raises(ValueError, match="tfds:<name>, folder:<path>"):
         data.get_source("mnist_but_wrong")
+    with pytest.raises(sources.DataError, match="Did you mean --dataset=fashion_mnist"):
+        data.get_source("fashionmnist")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not gzip at all", "is not a readable gzip file"),
+    (gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x09" + bytes(9))[:-12],
+     "is not a readable gzip file"),  # cut short
+    (gzip.compress(b"\x00\x00"), "holds 2 bytes, less than an IDX header"),
+])
+def test_a_corrupt_idx_file_is_named(tmp_path, content, message):
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{path} {message}")):
+        read_idx(path)
+
+
+def test_a_corrupt_fashion_mnist_file_names_it_and_the_fix(fashion_dir):
+    bad = fashion_dir / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(sources.DataError, match=re.escape(str(bad)) + r".*Replace it in "
+                       + re.escape(f"--data_dir={fashion_dir}")):
+        data.get_source("fashion_mnist", data_dir=str(fashion_dir))
+
+
+def test_a_fashion_mnist_data_dir_must_hold_its_files(tmp_path, fashion_dir):
+    (fashion_dir / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(sources.DataError, match=r"lacks the IDX files: looked for "
+                                                r"train-labels-idx1-ubyte\.gz in "):
+        data.get_source("fashion_mnist", data_dir=str(fashion_dir))
+    with pytest.raises(sources.DataError, match="does not exist: looked for train-images"):
+        data.get_source("fashion_mnist", data_dir=str(tmp_path / "nowhere"))
+    # A tfds data directory with fashion_mnist/ is one too.
+    (tmp_path / "tfds" / "fashion_mnist").mkdir(parents=True)
+    source = data.get_source("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+    assert isinstance(source, sources.TfdsSource)
+
+
+def test_without_data_dir_fashion_mnist_falls_back_to_tfds(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", str(tmp_path))  # no Debian package
+    assert isinstance(data.get_source("fashion_mnist"), sources.TfdsSource)
 
 
 def test_one_pass_dataset_knows_its_number_of_batches():

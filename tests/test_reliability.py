@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
+from keras import ops
 from absl import flags
 
 import kerakd
@@ -23,6 +24,7 @@ from kerakd import flags as kerakd_flags
 from kerakd import train
 from kerakd.data import sources
 from kerakd.distiller import NonFiniteLossError
+from kerakd.methods.base import Method, MethodOutput
 from reliability_run import FAULTY_METHODS
 
 HELPER = os.path.join(os.path.dirname(__file__), "reliability_run.py")
@@ -141,8 +143,10 @@ def test_a_pass_is_the_same_batches_from_any_start():
 
 def test_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(
         faulty_methods, tmp_path):
-    args = ["--method=nan_at", "--nan_at_bad_step=1", *TINY, f"--model_dir={tmp_path}"]
-    message = r"'poison' is nan at training step 2 \(epoch 2, batch 1\).*checkpoint of epoch 1"
+    # Epoch 2's last batch (of 3): skipped, it is one third of the epoch.
+    args = ["--method=nan_at", "--nan_at_bad_step=5", *TINY, "--steps_per_epoch=3",
+            f"--model_dir={tmp_path}"]
+    message = r"'poison' is nan at training step 6 \(epoch 2, batch 3\).*checkpoint of epoch 1"
     with pytest.raises(NonFiniteLossError, match=message):
         train.run_with_args(args)
     assert committed_epoch(tmp_path) == 1
@@ -154,6 +158,74 @@ def test_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(
     assert results["resumed_from_epoch"] == 1
     assert results["history"][1]["skipped_batches"] == 1
     assert all(np.isfinite(v) for v in results["history"][1].values())
+
+
+def test_nan_stop_before_any_checkpoint_says_none_exists(faulty_methods, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=re.escape(
+            f"{tmp_path} holds no checkpoint (no epoch finished): the same command "
+            "starts over.")) as stopped:
+        train.run_with_args(["--method=nan_at", "--nan_at_bad_step=0", *TINY,
+                             f"--model_dir={tmp_path}"])
+    assert "epoch 0" not in str(stopped.value)
+
+
+class NanOn(Method):
+    """Cross-entropy, plus a `poison` term that is NaN on some training batches.
+
+    Args:
+        bad_steps: the training batches (from 0, over the whole run) whose
+            `poison` term is NaN.
+    """
+
+    requires_teacher = False
+
+    def __init__(self, bad_steps=(0,), **kwargs):
+        super().__init__(**kwargs)
+        self.bad_steps = tuple(bad_steps)
+        self.term_weights = {"ce": 1.0, "poison": 1.0}
+
+    def build(self, spec):
+        super().build(spec)
+        self.batches_seen = self.add_weight(shape=(), initializer="zeros",
+                                            trainable=False, name="batches_seen")
+
+    def call(self, data, training=False):
+        poison = ops.zeros(())
+        if training:
+            bad = ops.any(ops.equal(self.batches_seen, ops.convert_to_tensor(
+                [float(s) for s in self.bad_steps])))
+            poison = ops.where(bad, float("nan"), 0.0)
+            self.batches_seen.assign_add(1.0)
+        return MethodOutput(losses={
+            "ce": kerakd.losses.cross_entropy(data.labels, data.student_logits),
+            "poison": poison})
+
+
+@pytest.mark.parametrize("bad_steps, share, message", [
+    # Epoch 2's batches are steps 4-7: 3 of its 4 skipped > 0.5 (the default).
+    ("4,5,6", None, r"skipped 3 of the 3 batches so far of epoch 2 \(4 batches\), more "
+                    r"than --max_skipped_share=0\.5 of its batches"),
+    ("4,5,6,7", "1", r"skipped 4 of the 4 batches so far of epoch 2 \(4 batches\), every "
+                     r"batch"),
+])
+def test_skipping_most_batches_stops_the_run(monkeypatch, tmp_path, capsys, bad_steps,
+                                             share, message):
+    monkeypatch.setitem(kerakd.methods.registry._factories, "nan_on", NanOn)
+    args = ["--method=nan_on", f"--nan_on_bad_steps={bad_steps}", "--nan_policy=skip_batch",
+            *TINY, "--steps_per_epoch=4", "--batch_size=8",
+            *([f"--max_skipped_share={share}"] if share else []), f"--model_dir={tmp_path}"]
+    with pytest.raises(NonFiniteLossError, match=message + r".*keeps the checkpoint of "
+                                                           r"epoch 1"):
+        train.run_with_args(args)
+    assert committed_epoch(tmp_path) == 1
+    assert not (tmp_path / "student.keras").exists()
+    assert not (tmp_path / "results.json").exists()
+    assert "Epoch 2/2" in capsys.readouterr().out
+    history = train.read_checkpoint(str(tmp_path))["progress"]["history"]
+    assert len(history) == 1 and history[0]["skipped_batches"] == 0
+    if share:  # a resumed run may change the share (its way on)
+        assert train.flag_changes(str(tmp_path), kerakd_flags.parse(
+            ["kerakd-train", *args[:-2], "--max_skipped_share=0.9", args[-1]])) == []
 
 
 def test_main_exits_non_zero_with_the_message(monkeypatch, capsys):
@@ -219,6 +291,51 @@ def test_without_skipping_a_nan_batch_poisons_the_student():
 
 
 # -- bad input --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [NUM_CLASSES, -1])
+def test_labels_outside_the_classes_stop_training(bad):
+    labels = make_labels(16)
+    labels[11] = bad
+    distiller = kerakd.Distiller(small_model(), "none")
+    distiller.compile(keras.optimizers.SGD(0.1))
+    dataset = tf.data.Dataset.from_tensor_slices((make_images(16), labels)).batch(8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            f"Labels must be class ids in [0, {NUM_CLASSES}) (the student predicts "
+            f"{NUM_CLASSES} classes), but this batch has labels from")):
+        distiller.fit(dataset, epochs=1, verbose=0)
+
+
+def _ends_in(*last_layers):
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling2D()(inputs))
+    for layer in last_layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name="probabilities")
+
+
+@pytest.mark.parametrize("model", [
+    lambda: _ends_in(keras.layers.Softmax()),
+    lambda: _ends_in(keras.layers.Activation("softmax")),
+    lambda: _ends_in(keras.ops.softmax),
+    lambda: _ends_in(keras.Sequential([keras.layers.Dense(NUM_CLASSES), keras.layers.Softmax()])),
+    lambda: keras.Sequential([keras.Input(IMAGE_SHAPE), keras.layers.Flatten(),
+                              keras.layers.Dense(NUM_CLASSES), keras.layers.Softmax()],
+                             name="probabilities"),
+], ids=["Softmax", "Activation", "ops.softmax", "nested", "Sequential"])
+def test_a_model_ending_in_any_softmax_is_refused(model):
+    with pytest.raises(ValueError, match="'probabilities' ends in a softmax.*needs logits"):
+        kerakd.Distiller(model(), "none")
+    kerakd.Distiller(_ends_in(keras.layers.Activation("linear")), "none")  # logits pass
+
+
+def test_integer_images_warn_once():
+    distiller = kerakd.Distiller(small_model(), "none")
+    distiller.compile(keras.optimizers.SGD(0.1))
+    images = np.random.default_rng(0).integers(0, 256, (16, *IMAGE_SHAPE)).astype("uint8")
+    with pytest.warns(UserWarning, match="trains on uint8 images: raw pixels") as warned:
+        distiller.fit(images, make_labels(16), batch_size=8, epochs=2, verbose=0)
+    assert sum("raw pixels" in str(w.message) for w in warned) == 1
 
 
 def test_unknown_student_tap_lists_the_layers(tmp_path):

@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -16,6 +17,10 @@ def read_idx(path):
         path: e.g. `train-images-idx3-ubyte.gz`; a name ending in `.gz` is
             decompressed.
 
+    Raises:
+        ValueError: the file is not gzip (for `.gz`), not IDX of unsigned
+            bytes, or shorter than its header says; the message names it.
+
     Returns:
         A `uint8` array shaped as the file's header says, e.g.
         `(60000, 28, 28)` for images and `(60000,)` for labels.
@@ -25,8 +30,19 @@ def read_idx(path):
     >>> labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
     """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as file:
-        content = file.read()
+    try:
+        with opener(path, "rb") as file:
+            content = file.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(
+            f"{os.fspath(path)} is not a readable gzip file ({type(error).__name__}: "
+            f"{error}); the file is truncated or corrupt."
+        ) from error
+    if len(content) < 4:
+        raise ValueError(
+            f"{os.fspath(path)} holds {len(content)} bytes, less than an IDX header; "
+            "the file is truncated or corrupt."
+        )
     zeros, dtype, ndim = struct.unpack(">HBB", content[:4])
     if zeros != 0 or dtype != _UNSIGNED_BYTE:
         raise ValueError(

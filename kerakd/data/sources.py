@@ -13,6 +13,7 @@ Names:
 """
 
 import dataclasses
+import difflib
 import os
 from typing import Optional
 
@@ -41,10 +42,21 @@ NORMALISATION = {
 SMALL_IMAGE_MAX = 64
 VARIABLE_SIZE_DEFAULT = 224
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-DATASET_NAMES = (
-    "fashion_mnist, cifar10, cifar100, imagenet2012, synthetic, "
-    "tfds:<name>, folder:<path>"
-)
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012", "synthetic")
+DATASET_NAMES = ", ".join(DATASETS) + ", tfds:<name>, folder:<path>"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read as named: an unknown name, or files that
+    are missing or corrupt. The message names the flag and the fix."""
+
+
+def unknown_dataset_message(name):
+    """Why `name` is not a dataset name, with the closest known name."""
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.6)
+    hint = (f"Did you mean --dataset={close[0]}?" if close else
+            f"For a TensorFlow Datasets name, write --dataset=tfds:{name}.")
+    return f"unknown dataset '{name}'. {hint} Datasets: {DATASET_NAMES}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,32 +174,71 @@ class ArraySource(Source):
         return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
 
 
-def _fashion_mnist_dir(data_dir):
-    """`data_dir` (default: the Debian package's) if it holds the four
-    Fashion-MNIST IDX files, else None."""
-    directory = data_dir or FASHION_MNIST_DIR
-    wanted = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
-    if all(os.path.exists(os.path.join(directory, f)) for f in wanted):
-        return directory
-    return None
+def _fashion_mnist_files():
+    return [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+
+
+def _has_idx_files(directory):
+    return all(os.path.exists(os.path.join(directory, f)) for f in _fashion_mnist_files())
+
+
+def fashion_mnist_dir_problem(data_dir):
+    """Why `data_dir` cannot serve Fashion-MNIST, or None: it must hold the
+    four IDX files, or be a tfds data directory with a `fashion_mnist/` folder."""
+    if _has_idx_files(data_dir) or os.path.isdir(os.path.join(data_dir, "fashion_mnist")):
+        return None
+    missing = [f for f in _fashion_mnist_files()
+               if not os.path.exists(os.path.join(data_dir, f))]
+    where = "does not exist" if not os.path.isdir(data_dir) else "lacks the IDX files"
+    return (
+        f"{where}: looked for {', '.join(missing)} in {os.path.abspath(data_dir)} "
+        "(and for a tfds fashion_mnist/ folder). Put the four IDX files there, "
+        "install the Debian package dataset-fashion-mnist and drop --data_dir "
+        f"(it reads {FASHION_MNIST_DIR}), or drop --data_dir to download through "
+        "TensorFlow Datasets."
+    )
 
 
 def fashion_mnist(data_dir=None, image_size=None):
-    """Fashion-MNIST from IDX files, else from tfds (which downloads it)."""
-    directory = _fashion_mnist_dir(data_dir)
-    if directory is None:
+    """Fashion-MNIST from the IDX files of `data_dir`, else (no `data_dir`) of
+    the Debian package's directory, else from tfds (which downloads it).
+
+    Raises:
+        DataError: `data_dir` holds neither the IDX files nor a tfds
+            `fashion_mnist/` folder, or an IDX file is corrupt.
+    """
+    if data_dir:
+        problem = fashion_mnist_dir_problem(data_dir)
+        if problem:
+            raise DataError(f"--data_dir={data_dir} {problem}")
+    directory = data_dir or FASHION_MNIST_DIR
+    if not _has_idx_files(directory):
         hint = (
-            f"Or put the IDX files {sorted(f for p in FASHION_MNIST_FILES.values() for f in p)} "
+            f"Or put the IDX files {sorted(_fashion_mnist_files())} "
             "in --data_dir, or install the Debian package dataset-fashion-mnist "
             f"(which puts them in {FASHION_MNIST_DIR})."
         )
         return TfdsSource("fashion_mnist", data_dir, image_size, hint=hint)
 
     def split(name):
-        images, labels = (read_idx(os.path.join(directory, f)) for f in FASHION_MNIST_FILES[name])
+        images, labels = (_read_fashion_mnist(directory, data_dir, f)
+                          for f in FASHION_MNIST_FILES[name])
         return images[..., None], labels
 
     return ArraySource("fashion_mnist", split("train"), split("test"), 10, image_size)
+
+
+def _read_fashion_mnist(directory, data_dir, name):
+    """One IDX file of Fashion-MNIST; a corrupt one raises a DataError naming
+    the file and where it came from (`--data_dir` or the Debian package)."""
+    try:
+        return read_idx(os.path.join(directory, name))
+    except (ValueError, OSError) as error:
+        fix = (f"Replace it in --data_dir={data_dir}" if data_dir else
+               "Reinstall the Debian package dataset-fashion-mnist "
+               "(apt-get install --reinstall dataset-fashion-mnist)")
+        raise DataError(f"Fashion-MNIST: {error} {fix}, or pass --data_dir=DIR "
+                        "with good copies of the four IDX files.") from error
 
 
 def synthetic(image_size=None, num_classes=4, shape=(16, 16, 3), num_train=256,
@@ -226,7 +277,7 @@ class TfdsSource(Source):
         try:
             self.builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as error:
-            raise ValueError(
+            raise DataError(
                 f"TensorFlow Datasets has no dataset '{name}' (--dataset). "
                 f"Names: https://www.tensorflow.org/datasets/catalog. ({error})"
             ) from error
@@ -400,4 +451,4 @@ def get_source(name, data_dir=None, image_size=None):
         return TfdsSource(name[len("tfds:"):], data_dir, image_size)
     if name.startswith("folder:"):
         return FolderSource(name[len("folder:"):], image_size)
-    raise ValueError(f"Unknown --dataset '{name}'. Use one of: {DATASET_NAMES}.")
+    raise DataError(f"--dataset={name}: {unknown_dataset_message(name)}")
