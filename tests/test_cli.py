@@ -311,6 +311,7 @@ def test_an_unknown_flag_in_a_flagfile_names_the_file_on_the_command_line(tmp_pa
             "learning_rate ?") in done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     model_dir = tmp_path / "run"
     # Ctrl-C right after epoch 1's checkpoint.

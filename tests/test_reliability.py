@@ -65,6 +65,7 @@ def uninterrupted(tmp_path_factory):
     return json.loads((model_dir / "results.json").read_text()), student_weights(model_dir)
 
 
+@pytest.mark.slow
 def test_killed_run_and_crashed_save_resume_exactly(uninterrupted, tmp_path):
     args = [*EXACT, f"--model_dir={tmp_path}"]
     batch = random.randint(1, 3)  # a random point of epoch 2 (of 3)
@@ -98,6 +99,7 @@ EXACT_RESUME = os.path.join(os.path.dirname(__file__), "exact_resume_run.py")
 METHOD_GROUPS = [kerakd.methods.available()[0::2], kerakd.methods.available()[1::2]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", range(len(METHOD_GROUPS)))
 def test_every_method_resumes_exactly_after_a_kill(group, tmp_path):
     # Random generators (CRD's negatives, LFMA's cutout, AID's rotations)
