@@ -22,18 +22,18 @@ from kerakd.methods.base import Method, MethodOutput
 
 
 class NanAt(Method):
-    """Cross-entropy, plus a `poison` term that is NaN on one training batch.
+    """Cross-entropy, plus a `poison` term that is NaN on some training batches.
 
     Args:
-        bad_step: the training batch (from 0, counted over the whole run and
-            kept in checkpoints) whose `poison` term is NaN.
+        bad_steps: the training batches (from 0, counted over the whole run
+            and kept in checkpoints) whose `poison` term is NaN.
     """
 
     requires_teacher = False
 
-    def __init__(self, bad_step=0, **kwargs):
+    def __init__(self, bad_steps=(0,), **kwargs):
         super().__init__(**kwargs)
-        self.bad_step = bad_step
+        self.bad_steps = tuple(bad_steps)
         self.term_weights = {"ce": 1.0, "poison": 1.0}
 
     def build(self, spec):
@@ -44,7 +44,9 @@ class NanAt(Method):
     def call(self, data, training=False):
         poison = ops.zeros(())
         if training:
-            poison = ops.where(ops.equal(self.batches_seen, self.bad_step), float("nan"), 0.0)
+            bad = ops.any(ops.equal(self.batches_seen, ops.convert_to_tensor(
+                [float(s) for s in self.bad_steps])))
+            poison = ops.where(bad, float("nan"), 0.0)
             self.batches_seen.assign_add(1.0)
         return MethodOutput(losses={
             "ce": losses.cross_entropy(data.labels, data.student_logits), "poison": poison})

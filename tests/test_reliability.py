@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
-from keras import ops
 from absl import flags
 
 import kerakd
@@ -24,7 +23,6 @@ from kerakd import flags as kerakd_flags
 from kerakd import train
 from kerakd.data import sources
 from kerakd.distiller import NonFiniteLossError
-from kerakd.methods.base import Method, MethodOutput
 from reliability_run import FAULTY_METHODS
 
 HELPER = os.path.join(os.path.dirname(__file__), "reliability_run.py")
@@ -146,7 +144,7 @@ def test_a_pass_is_the_same_batches_from_any_start():
 def test_nan_loss_stops_naming_term_and_step_and_keeps_the_checkpoint(
         faulty_methods, tmp_path):
     # Epoch 2's last batch (of 3): skipped, it is one third of the epoch.
-    args = ["--method=nan_at", "--nan_at_bad_step=5", *TINY, "--steps_per_epoch=3",
+    args = ["--method=nan_at", "--nan_at_bad_steps=5", *TINY, "--steps_per_epoch=3",
             f"--model_dir={tmp_path}"]
     message = r"'poison' is nan at training step 6 \(epoch 2, batch 3\).*checkpoint of epoch 1"
     with pytest.raises(NonFiniteLossError, match=message):
@@ -166,41 +164,9 @@ def test_nan_stop_before_any_checkpoint_says_none_exists(faulty_methods, tmp_pat
     with pytest.raises(NonFiniteLossError, match=re.escape(
             f"{tmp_path} holds no checkpoint (no epoch finished): the same command "
             "starts over.")) as stopped:
-        train.run_with_args(["--method=nan_at", "--nan_at_bad_step=0", *TINY,
+        train.run_with_args(["--method=nan_at", "--nan_at_bad_steps=0", *TINY,
                              f"--model_dir={tmp_path}"])
     assert "epoch 0" not in str(stopped.value)
-
-
-class NanOn(Method):
-    """Cross-entropy, plus a `poison` term that is NaN on some training batches.
-
-    Args:
-        bad_steps: the training batches (from 0, over the whole run) whose
-            `poison` term is NaN.
-    """
-
-    requires_teacher = False
-
-    def __init__(self, bad_steps=(0,), **kwargs):
-        super().__init__(**kwargs)
-        self.bad_steps = tuple(bad_steps)
-        self.term_weights = {"ce": 1.0, "poison": 1.0}
-
-    def build(self, spec):
-        super().build(spec)
-        self.batches_seen = self.add_weight(shape=(), initializer="zeros",
-                                            trainable=False, name="batches_seen")
-
-    def call(self, data, training=False):
-        poison = ops.zeros(())
-        if training:
-            bad = ops.any(ops.equal(self.batches_seen, ops.convert_to_tensor(
-                [float(s) for s in self.bad_steps])))
-            poison = ops.where(bad, float("nan"), 0.0)
-            self.batches_seen.assign_add(1.0)
-        return MethodOutput(losses={
-            "ce": kerakd.losses.cross_entropy(data.labels, data.student_logits),
-            "poison": poison})
 
 
 @pytest.mark.parametrize("bad_steps, share, message", [
@@ -210,10 +176,9 @@ class NanOn(Method):
     ("4,5,6,7", "1", r"skipped 4 of the 4 batches so far of epoch 2 \(4 batches\), every "
                      r"batch"),
 ])
-def test_skipping_most_batches_stops_the_run(monkeypatch, tmp_path, capsys, bad_steps,
+def test_skipping_most_batches_stops_the_run(faulty_methods, tmp_path, capsys, bad_steps,
                                              share, message):
-    monkeypatch.setitem(kerakd.methods.registry._factories, "nan_on", NanOn)
-    args = ["--method=nan_on", f"--nan_on_bad_steps={bad_steps}", "--nan_policy=skip_batch",
+    args = ["--method=nan_at", f"--nan_at_bad_steps={bad_steps}", "--nan_policy=skip_batch",
             *TINY, "--steps_per_epoch=4", "--batch_size=8",
             *([f"--max_skipped_share={share}"] if share else []), f"--model_dir={tmp_path}"]
     with pytest.raises(NonFiniteLossError, match=message + r".*keeps the checkpoint of "

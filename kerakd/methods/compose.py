@@ -168,13 +168,6 @@ class Compose(Method):
                         f"{name}={{'ce_weight': {target:g}}}), or --{name}_ce_weight={target:g}")
         raise ValueError(message + ".")
 
-    def _component(self, name):
-        return next(m for m in self.components if m.name == name)
-
-    def _view(self, by_role, method, side):
-        roles = getattr(method, f"{side}_taps")
-        return {r: by_role[_role(method, r)] for r in roles if _role(method, r) in by_role}
-
     def _forward_view(self, forward, method, side):
         """A second-view forward (`StepData.forward_*`) returning `method`'s roles."""
         if forward is None:
