@@ -106,11 +106,16 @@ def half_steps(name, hparams, images, labels, index, initial):
     return distiller, updated, averaged
 
 
+def global_batch(size=2 * HALF, seed=0):
+    """Random images and labels: one global batch (two replicas' halves)."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(size, *SHAPE)).astype("float32"),
+            rng.integers(0, NUM_CLASSES, size).astype("int32"))
+
+
 def compare(name):
     hparams = REQUIRED.get(name.split("+")[-1], {})
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
-    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    images, labels = global_batch()
     index = np.arange(2 * HALF, dtype="int64")
     initial_distiller = build(name, hparams)
     for variable in initial_distiller.method.non_trainable_variables:
@@ -136,9 +141,7 @@ def compare(name):
 
 def compare_sync_batchnorm():
     """With synchronized BatchNorm, 2 replicas step as one device on the whole batch."""
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
-    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    images, labels = global_batch()
     initial = build("kd", {}).get_weights()
     mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, sync_batchnorm=True)
     single = build("kd", {})
@@ -162,9 +165,7 @@ def compare_clip_grad_norm():
     """Clipping reads the global batch's loss gradient: the average of the
     halves' gradients, clipped, then weight decay, as PyTorch's
     `clip_grad_norm_` before a DDP optimizer step."""
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2 * HALF, *SHAPE)).astype("float32")
-    labels = rng.integers(0, NUM_CLASSES, 2 * HALF).astype("int32")
+    images, labels = global_batch()
     initial = build("kd", {}).get_weights()
     mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, clip_grad_norm=CLIP)
     reference = build("kd", {})
@@ -192,9 +193,7 @@ def compare_replica_batchnorm():
     """After a mirrored fit, every replica holds the same BatchNorm moving
     statistics, and the student under the strategy predicts as the exported
     student does on one device."""
-    rng = np.random.default_rng(1)
-    images = rng.normal(size=(8 * HALF, *SHAPE)).astype("float32")
-    labels = rng.integers(0, NUM_CLASSES, 8 * HALF).astype("int32")
+    images, labels = global_batch(8 * HALF, seed=1)
     with STRATEGY.scope():
         distiller = build("fitnet", {})  # BatchNorm in the student and the method
         distiller.compile(keras.optimizers.SGD(LEARNING_RATE))
