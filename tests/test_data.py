@@ -147,12 +147,13 @@ def test_unknown_dataset_lists_the_names():
         data.get_source("fashionmnist")
 
 
+# mtime=0: the same bytes in every process (test workers must collect the same ids).
 @pytest.mark.parametrize("content, message", [
     (b"not gzip at all", "is not a readable gzip file"),
-    (gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x09" + bytes(9))[:-12],
+    (gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x09" + bytes(9), mtime=0)[:-12],
      "is not a readable gzip file"),  # cut short
-    (gzip.compress(b"\x00\x00"), "holds 2 bytes, less than an IDX header"),
-])
+    (gzip.compress(b"\x00\x00", mtime=0), "holds 2 bytes, less than an IDX header"),
+], ids=["not gzip", "cut short", "no header"])
 def test_a_corrupt_idx_file_is_named(tmp_path, content, message):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(content)

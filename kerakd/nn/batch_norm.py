@@ -80,7 +80,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
             count = ops.cast(ops.prod(ops.take(ops.shape(x), axes)), "float32")
             if self.synchronized:
-                count *= tf.distribute.get_replica_context().num_replicas_in_sync
+                # No replica context while a strategy's scope builds the model.
+                context = tf.distribute.get_replica_context() or tf.distribute.get_strategy()
+                count *= context.num_replicas_in_sync
             # A single value per channel has no unbiased variance (PyTorch
             # refuses it); its update then keeps the biased 0.
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
