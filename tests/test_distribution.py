@@ -23,7 +23,7 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(__file__)
-METHODS = kerakd.methods.available() + ["kd+at"]
+METHODS = kerakd.methods.available() + ["fitnet+at"]
 CHECKS = METHODS + ["sync_batchnorm", "clip_grad_norm", "replica_batchnorm"]
 
 
