@@ -15,6 +15,45 @@ def _f32(x):
     return ops.cast(x, "float32")
 
 
+def as_temperature(temperature):
+    """`temperature` as the KD terms use it: a float, or a float32 tensor."""
+    # A Python number stays one (a constant folded into the graph); a tensor
+    # (a learned temperature) keeps its gradient.
+    if isinstance(temperature, (int, float)):
+        return float(temperature)
+    return _f32(temperature)
+
+
+def standardize_logits(logits, epsilon=1e-7):
+    """Logit standardisation (LS): `(z - mean_k z) / (std_k z + epsilon)` per row.
+
+    The standard deviation is the unbiased one (divisor `K - 1`), as the
+    reference computes it; `epsilon` is added to the deviation, not to the
+    variance. The gradient flows through the row's mean and deviation.
+
+    Args:
+        logits: `(B, K)`, `K >= 2`.
+        epsilon: added to the deviation (default 1e-7).
+
+    Returns:
+        float32 `(B, K)`.
+
+    Example:
+
+    >>> standardize_logits(ops.array([[1.0, 2.0, 3.0, 4.0]]))   # [[-1.1619, -0.3873, 0.3873, 1.1619]]
+    """
+    z = _f32(logits)
+    return (z - ops.mean(z, axis=-1, keepdims=True)) / (unbiased_std(z, keepdims=True) + epsilon)
+
+
+def unbiased_std(logits, keepdims=False):
+    """Each row's standard deviation over the last axis with divisor `K - 1` (PyTorch's `std`)."""
+    z = _f32(logits)
+    centred = z - ops.mean(z, axis=-1, keepdims=True)
+    divisor = ops.cast(ops.shape(z)[-1] - 1, "float32")
+    return ops.sqrt(ops.sum(centred * centred, axis=-1, keepdims=keepdims) / divisor)
+
+
 def cross_entropy(labels, logits):
     """Mean cross-entropy of `logits` against integer or soft labels.
 
@@ -60,13 +99,15 @@ def kd_loss(student_logits, teacher_logits, temperature=4.0):
     Args:
         student_logits: `(B, K)`.
         teacher_logits: `(B, K)`.
-        temperature: softening temperature `T > 0`.
+        temperature: softening temperature `T > 0`, a number or a float32
+            scalar tensor (a learned temperature, as CTKD's, gets the
+            gradient of both `1/T` and `T^2`).
 
     Example:
 
     >>> kd_loss(ops.zeros((2, 3)), ops.zeros((2, 3)))   # equal -> 0.0
     """
-    t = float(temperature)
+    t = as_temperature(temperature)
     log_p_t = ops.log_softmax(ops.stop_gradient(_f32(teacher_logits)) / t, axis=-1)
     log_p_s = ops.log_softmax(_f32(student_logits) / t, axis=-1)
     kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)

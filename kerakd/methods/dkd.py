@@ -43,7 +43,7 @@ def dkd_losses(student_logits, teacher_logits, labels, temperature=4.0):
     Returns:
         `(tckd, nckd)`, float32 scalars.
     """
-    t = float(temperature)
+    t = losses.as_temperature(temperature)
     num_classes = ops.shape(student_logits)[-1]
     target_mask = ops.one_hot(losses.hard_labels(labels), num_classes, dtype="float32")
     tckd = losses.kd_loss(
