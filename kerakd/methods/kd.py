@@ -2,6 +2,7 @@
 
 from kerakd import losses
 from kerakd import methods
+from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 
 
@@ -9,33 +10,45 @@ from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_
 class KD(Method):
     """`ce_weight * CE(z_s, y) + kd_weight * KD_T(z_s, z_t)` (docs/methods/kd.md).
 
+    With `logit_standardization=True` both logits are standardised per example
+    before `T` divides them (`KD_T(n(z_s), n(z_t))`), and the unset weights take
+    the LS authors' values: `kd_weight` 9, `temperature` 2 (the base
+    temperature), `ce_weight` 0.1 as without LS.
+
     Args:
         ce_weight: gamma, weight of the label cross-entropy (default 0.1).
-        kd_weight: alpha, weight of the KD term (default 0.9).
-        temperature: T (default 4).
+        kd_weight: alpha, weight of the KD term (default 0.9; 9 with LS).
+        temperature: T (default 4; 2 with LS).
+        logit_standardization: standardise the logits the KD term compares
+            (default False).
 
     Example:
 
     >>> distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
+    >>> kd_ls = kerakd.methods.get("kd", logit_standardization=True)   # 0.1 CE + 9 KD_2(n(z_s), n(z_t))
     """
 
-    def __init__(self, ce_weight=0.1, kd_weight=0.9, temperature=4.0, **kwargs):
+    def __init__(self, ce_weight=0.1, kd_weight=None, temperature=None,
+                 logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
+        kd_weight = ls.preset(kd_weight, 0.9, 9.0, logit_standardization)
+        temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
         check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
         check_positive(temperature=temperature)
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
         self.temperature = temperature
+        self.logit_standardization = bool(logit_standardization)
         self.term_weights = {"ce": ce_weight, "kd": kd_weight}
 
     def call(self, data, training=False):
+        student_logits, teacher_logits = ls.logits_for_terms(data, self.logit_standardization)
         return MethodOutput(
             losses={
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "kd": losses.kd_loss(
-                    data.student_logits, data.teacher_logits, self.temperature
-                ),
-            }
+                "kd": losses.kd_loss(student_logits, teacher_logits, self.temperature),
+            },
+            metrics=ls.scale_metrics(data, self.logit_standardization),
         )
 
     def get_config(self):
@@ -44,5 +57,6 @@ class KD(Method):
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
             temperature=self.temperature,
+            logit_standardization=self.logit_standardization,
         )
         return config
