@@ -38,12 +38,10 @@ def average_over_replicas(variables):
     to its mean over the replicas in sync; nothing to do outside a strategy."""
     if num_replicas() == 1 or not variables:
         return
-    if is_multi_worker():
-        # Fails there today ("destinations can not be empty"); per-worker
-        # copies stay as Keras keeps them until that is fixed.
-        return
+    # Plain tensors: handed the variables themselves, a multi-worker
+    # all-reduce looks for destinations on them and finds none.
     means = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.MEAN, [v.value for v in variables])
+        tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
     for variable, mean in zip(variables, means):
         variable.assign(mean)
 

@@ -34,5 +34,8 @@ history = distiller.fit(ds, epochs=2, verbose=0).history
 print(json.dumps({
     "loss": [float(v) for v in history["loss"]],
     "checksum": float(sum(np.sum(v.numpy()) for v in student.trainable_variables)),
+    # BatchNorm moving statistics: each worker sees other examples, so they
+    # agree only if the Distiller averages them across workers.
+    "moving_checksum": float(sum(np.sum(v.numpy()) for v in student.non_trainable_variables)),
     "steps": int(distiller.optimizer.iterations.numpy()),
 }))

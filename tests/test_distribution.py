@@ -110,6 +110,7 @@ def test_two_workers_on_localhost_complete_a_fit_in_lockstep():
     assert all(np.isfinite(chief["loss"]))
     # Synchronous training: both workers hold the same weights.
     np.testing.assert_allclose(chief["checksum"], other["checksum"], rtol=1e-6)
+    np.testing.assert_allclose(chief["moving_checksum"], other["moving_checksum"], rtol=1e-6)
 
 
 @pytest.fixture
