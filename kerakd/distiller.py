@@ -443,11 +443,12 @@ class Distiller(keras.Model):
         off one symbolic step (which also checks the method end to end)."""
         names = {}
 
-        def step(images, labels, index):
+        def step(images, labels, index, strong_images):
             # Its own stateless scope keeps the trace's state updates (BatchNorm
             # statistics, seeds) out of any scope Keras is building under.
             with keras.StatelessScope():
-                out = self._method_output(images, labels, True, index)
+                out = self._method_output(images, labels, True, index,
+                                          strong_images=strong_images)
                 names.update(losses=list(out.losses), metrics=list(out.metrics),
                               logits=[n for n in out.logits if n != "_student"])
                 return self._total_loss(out.losses)
@@ -457,6 +458,8 @@ class Distiller(keras.Model):
             tf.TensorSpec(spec.image_shape, self.compute_dtype),
             tf.TensorSpec(spec.image_shape[:1], tf.int32),
             tf.TensorSpec(spec.image_shape[:1], tf.int64) if self.method.needs_index else None,
+            (tf.TensorSpec(spec.image_shape, self.compute_dtype)
+             if self.method.needs_strong_view else None),
         )
         missing = set(names["losses"]) - set(self.method.term_weights)
         if missing:
@@ -535,7 +538,8 @@ class Distiller(keras.Model):
 
         Args:
             x: a batch of images, or `{"images", "index"}` for methods that
-                read dataset indices.
+                read dataset indices, `{"images", "strong_images"}` for
+                methods that read a strong view.
             y: the labels (int class ids, or soft labels).
             training: run as a training step (default: inference).
 
@@ -548,7 +552,9 @@ class Distiller(keras.Model):
         >>> sorted(terms)   # ['ce', 'kd'] for kd
         """
         index = x.get("index") if isinstance(x, dict) else None
-        out = self._method_output(self._images_of(x), y, training, index)
+        strong_images = self._strong_images_of(x)
+        out = self._method_output(self._images_of(x), y, training, index,
+                                  strong_images=strong_images)
         return {name: ops.cast(self.method.term_weights[name], "float32") * value
                 for name, value in out.losses.items()}
 
@@ -556,7 +562,21 @@ class Distiller(keras.Model):
         taps, logits = self._teacher_net(images, training=False)
         return keras.tree.map_structure(ops.stop_gradient, (taps, logits))
 
-    def _method_output(self, images, labels, training, index=None, teacher=None):
+    def _strong_images_of(self, x):
+        """The batch's strong view, or None; a method that needs one and gets
+        none is told how to feed it."""
+        strong_images = x.get("strong_images") if isinstance(x, dict) else None
+        if strong_images is None and self.method.needs_strong_view:
+            raise ValueError(
+                f"Method '{self.method.name}' trains on two views of each example: "
+                "feed ({'images': weak, 'strong_images': strong}, labels) batches "
+                "(kerakd.data pipelines do with views=('weak', 'strong'); "
+                "kerakd-train does it by itself)."
+            )
+        return strong_images
+
+    def _method_output(self, images, labels, training, index=None, teacher=None,
+                       strong_images=None):
         """Runs both networks (the teacher unless given) and the method."""
         if teacher is None and self._teacher_net is not None:
             teacher = self._forward_teacher(images)
@@ -573,6 +593,7 @@ class Distiller(keras.Model):
             forward_student=lambda x: self._student_net(x, training=training),
             forward_teacher=self._forward_teacher if self._teacher_net else None,
             index=index,
+            strong_images=strong_images,
         )
         out = self.method(data=data, training=training)
         if not isinstance(out, MethodOutput):
@@ -634,14 +655,15 @@ class Distiller(keras.Model):
                 "example: feed ({'images': x, 'index': i}, labels) batches "
                 "(kerakd.data pipelines do with with_index=True)."
             )
-        return self._images_of(x), y, index
+        strong_images = self._strong_images_of(x) if training else None
+        return self._images_of(x), y, index, strong_images
 
     def _ensure_built(self, images):
         if not self.built:
             self.build(tuple(images.shape))
 
     def train_step(self, data):
-        images, labels, index = self._unpack(data, training=True)
+        images, labels, index, strong_images = self._unpack(data, training=True)
         self._ensure_built(images)
         _check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
         teacher = self._forward_teacher(images) if self._teacher_net else None
@@ -654,7 +676,7 @@ class Distiller(keras.Model):
                              *self.method.non_trainable_variables]
         state_before = [ops.copy(v) for v in forward_state]  # read now, not at use
         with tf.GradientTape() as tape:
-            out = self._method_output(images, labels, True, index, teacher)
+            out = self._method_output(images, labels, True, index, teacher, strong_images)
             total = self._total_loss(out.losses)
             # Clipping reads the loss gradient alone; weight decay comes after.
             objective = total if self.clip_grad_norm else total + self._l2_penalty(variables)
@@ -721,7 +743,7 @@ class Distiller(keras.Model):
         return self._results(trackers)
 
     def test_step(self, data):
-        images, labels, _ = self._unpack(data, training=False)
+        images, labels, _, _ = self._unpack(data, training=False)
         self._ensure_built(images)
         logits = self.student(images, training=False)
         ce = losses.cross_entropy(labels, logits)

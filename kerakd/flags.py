@@ -17,6 +17,8 @@ import ast
 import inspect
 import os
 import re
+import types
+import typing
 
 from absl import app
 from absl import flags
@@ -155,10 +157,33 @@ def method_arguments(name):
     }
 
 
+def _value_type(parameter):
+    """The type of a constructor argument's values: its default's, else the
+    annotation's (`kd_weight: float | None = None`, a default resolved by the
+    method, still makes a float flag)."""
+    if parameter.default is not inspect.Parameter.empty and parameter.default is not None:
+        return type(parameter.default)
+    annotation = parameter.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else inspect.Parameter.empty
+    return annotation if annotation in (bool, int, float, str) else None
+
+
+def method_argument_types(name):
+    """`{argument: type}` of method `name`'s constructor (None: a Python literal)."""
+    parameters = inspect.signature(methods.registry.factory(name)).parameters
+    return {
+        p.name: _value_type(p) for p in parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
 def _define_method_flags(flag_values):
     for name in methods.available():
         factory = methods.registry.factory(name)
         docs = docstring_args(factory.__doc__)
+        kinds = method_argument_types(name)
         for argument, default in method_arguments(name).items():
             flag = f"{name}_{argument}"
             if flag in flag_values:
@@ -170,13 +195,14 @@ def _define_method_flags(flag_values):
             default = None if default is inspect.Parameter.empty else default
             kwargs = dict(default=default, help=text, flag_values=flag_values,
                           module_name=__name__)
-            if isinstance(default, bool):
+            kind = kinds[argument]
+            if kind is bool:
                 flags.DEFINE_boolean(flag, **kwargs)
-            elif isinstance(default, int):
+            elif kind is int:
                 flags.DEFINE_integer(flag, **kwargs)
-            elif isinstance(default, float):
+            elif kind is float:
                 flags.DEFINE_float(flag, **kwargs)
-            elif isinstance(default, str):
+            elif kind is str:
                 flags.DEFINE_string(flag, **kwargs)
             elif isinstance(default, (list, tuple)):
                 kwargs["default"] = [str(v) for v in default]
@@ -263,13 +289,13 @@ def _method_flag_owner(flag_values):
     return {f: owner for f, owner in owners.items() if f in flag_values}
 
 
-def _method_value(flag, default):
-    """A method flag's value in the type of the constructor's default."""
+def _method_value(flag, default, kind):
+    """A method flag's value in the type of the constructor's argument."""
     value = flag.value
     if isinstance(default, (list, tuple)):
         item_type = type(default[0]) if default else str
         value = type(default)(item_type(v) for v in value)
-    elif not isinstance(default, (bool, int, float, str)):
+    elif kind not in (bool, int, float, str):
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -286,8 +312,9 @@ def method_hparams(flag_values):
     for flag, (name, argument) in _method_flag_owner(flag_values).items():
         if flag_values[flag].present and name in hparams:
             default = method_arguments(name)[argument]
+            kind = method_argument_types(name)[argument]
             try:
-                hparams[name][argument] = _method_value(flag_values[flag], default)
+                hparams[name][argument] = _method_value(flag_values[flag], default, kind)
             except (TypeError, ValueError) as error:
                 raise app.UsageError(f"--{flag}: {error}") from error
     return hparams

@@ -40,7 +40,7 @@ def standardize_logits(logits, epsilon=1e-7):
 
     Example:
 
-    >>> standardize_logits(ops.array([[1.0, 2.0, 3.0, 4.0]]))   # [[-1.1619, -0.3873, 0.3873, 1.1619]]
+    >>> standardize_logits(ops.array([[1., 2., 3., 4.]]))  # [[-1.1619, -0.3873, 0.3873, 1.1619]]
     """
     z = _f32(logits)
     return (z - ops.mean(z, axis=-1, keepdims=True)) / (unbiased_std(z, keepdims=True) + epsilon)

@@ -688,6 +688,12 @@ def train(flag_values):
                 "keeps a memory row per training example (needs_index). Use "
                 "--augment=standard or none."
             )
+        if method.needs_strong_view and fv.augment in ("mixup", "cutmix"):
+            raise app.UsageError(
+                f"--augment={fv.augment} mixes the images of a batch, but "
+                f"--method={fv.method} also trains on a strong view of each example, "
+                "which the mixing would not follow. Use --augment=standard or none."
+            )
         per_replica = fv.batch_size // replicas
         with strategy.scope():
             student = models.get(fv.student, info.num_classes, info.image_shape)
@@ -702,6 +708,7 @@ def train(flag_values):
         resume_epoch = _claim_model_dir(model_dir, fv)
         train_ds = data.training_dataset(
             source, fv.batch_size, fv.augment, with_index=method.needs_index,
+            views=("weak", "strong") if method.needs_strong_view else ("weak",),
             repeat=True, mix_alpha=fv.mix_alpha, seed=fv.seed,
             shuffle_files=not fv.deterministic,
             start_batch=resume_epoch * steps_per_epoch,

@@ -58,7 +58,15 @@ def build(name, hparams, sync_batchnorm=False, clip_grad_norm=0.0):
 
 def batch(method, images, labels, index):
     x = {"images": images, "index": index} if method.needs_index else images
+    if method.needs_strong_view:
+        x = {**(x if isinstance(x, dict) else {"images": x}),
+             "strong_images": strong_view(images)}
     return x, labels
+
+
+def strong_view(images):
+    """A second view of the batch, for methods with `needs_strong_view`."""
+    return np.ascontiguousarray(np.flip(images, axis=2)) * 0.5 + 0.1
 
 
 # One strategy per process: a second MirroredStrategy reuses the first one's
@@ -94,6 +102,8 @@ def half_steps(name, hparams, images, labels, index, initial):
             out = distiller._method_output(
                 images[part], labels[part], training=True,
                 index=index[part] if distiller.method.needs_index else None,
+                strong_images=(strong_view(images)[part]
+                               if distiller.method.needs_strong_view else None),
             )
             total = distiller._total_loss(out.losses)
             objective = total + distiller._l2_penalty(variables)

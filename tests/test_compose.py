@@ -155,7 +155,8 @@ def test_gradients_flow_to_every_components_parts():
 METHODS = kerakd.methods.available()
 PAIRS = [(a, b) for i, a in enumerate(METHODS) for b in METHODS[i + 1:]]
 # One `ce` weight for all (KD's default is 0.1), and what CRD cannot run without.
-HPARAMS = {"kd": {"ce_weight": 1.0}, "crd": {"num_data": 8}}
+HPARAMS = {"kd": {"ce_weight": 1.0}, "crd": {"num_data": 8}, "ctkd": {"ce_weight": 1.0},
+           "mlkd": {"ce_weight": 1.0}}
 SHAPE, BATCH = (16, 16, 3), 8
 
 
@@ -176,7 +177,10 @@ def parts():
     teacher = kerakd.models.get("wrn_16_1", K, SHAPE)
     rng = np.random.default_rng(0)
     x = {"images": rng.normal(size=(BATCH, *SHAPE)).astype("float32"),
-         "index": np.arange(BATCH, dtype="int64")}
+         "index": np.arange(BATCH, dtype="int64"),
+         # Its own generator: the other arrays stay what they were.
+         "strong_images": np.random.default_rng(1).normal(
+             size=(BATCH, *SHAPE)).astype("float32")}
     y = rng.integers(0, K, BATCH).astype("int32")
     cache = {}
 
@@ -224,7 +228,7 @@ def composed_step(names, part, x, y):
     data = StepData(images=images, labels=y, student=student_taps, student_logits=student_logits,
                     teacher=teacher_taps, teacher_logits=teacher_logits, training=False,
                     forward_student=forward("student"), forward_teacher=forward("teacher"),
-                    index=x["index"])
+                    index=x["index"], strong_images=x["strong_images"])
     spec = TapSpec(
         student={r: [tuple(t.shape) for t in v] for r, v in student_taps.items()},
         teacher={r: [tuple(t.shape) for t in v] for r, v in teacher_taps.items()},

@@ -15,7 +15,10 @@ REQUIRED = {"crd": {"num_data": BATCH}}
 def batch():
     rng = np.random.default_rng(0)
     x = {"images": rng.normal(size=(BATCH, *SHAPE)).astype("float32"),
-         "index": np.arange(BATCH, dtype="int64")}
+         "index": np.arange(BATCH, dtype="int64"),
+         # Its own generator: the other arrays stay what they were.
+         "strong_images": np.random.default_rng(1).normal(
+             size=(BATCH, *SHAPE)).astype("float32")}
     return x, rng.integers(0, CLASSES, BATCH).astype("int32")
 
 
@@ -32,6 +35,8 @@ def test_trained_distiller_round_trips_through_a_keras_file(name, tmp_path):
     distiller = kerakd.Distiller(student, method, teacher)
     distiller.compile(keras.optimizers.SGD(0.01, momentum=0.9), run_eagerly=True)
     x, y = batch()
-    data = x if method.needs_index else x["images"]
+    keys = ["images", *(["index"] if method.needs_index else []),
+            *(["strong_images"] if method.needs_strong_view else [])]
+    data = {k: x[k] for k in keys} if len(keys) > 1 else x["images"]
     distiller.fit(data, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
     run_saving_round_trip(distiller, x, y, tmp_path / f"{name}.keras")

@@ -181,7 +181,7 @@ def test_a_subclassed_student_is_refused_with_what_works():
         message = str(error.value)
         assert "The student 'sub' is a subclassed model (Sub)" in message
         assert "keras.Input(shape)" in message and "keras.Model(inputs, logits)" in message
-        assert "inner layers hidden" in message and "(dkd, kd, none)" in message
+        assert "inner layers hidden" in message and "(ctkd, dist, dkd, kd, mlkd, none)" in message
     with pytest.raises(ValueError, match="subclassed model"):
         tap_model(student, [])
 

@@ -3,7 +3,9 @@
 Small images (CIFAR, Fashion-MNIST): pad 4 pixels of zeros, random crop back,
 random horizontal flip. Large images (ImageNet): random resized crop (area
 8%-100%, aspect ratio 3/4-4/3) and flip; evaluation resizes the shorter side
-to 256/224 of the target and centre-crops. Normalisation then maps pixels to
+to 256/224 of the target and centre-crops. Two-view methods (MLKD) also get
+a strong view: its own crop + flip, then RandAugment and Cutout on the
+pixels (`kerakd.data.rand_augment`). Normalisation then maps pixels to
 `(x / 255 - mean) / std` per channel. MixUp and CutMix mix whole batches and
 turn labels into distributions (soft labels).
 """
@@ -11,7 +13,11 @@ turn labels into distributions (soft labels).
 import keras
 import tensorflow as tf
 
+from kerakd.data import rand_augment
+
 PAD = 4
+# Folded into an example's seed to draw its strong view (`strong_transform`).
+STRONG_VIEW = 1
 EVAL_RESIZE_RATIO = 256 / 224
 
 
@@ -25,12 +31,9 @@ def _resize(image, info):
     return tf.image.resize(image, info.image_shape[:2]) if info.resize else image
 
 
-def train_transform(info):
-    """`(uint8 image, seed) -> float32 image`: random crop + flip, then normalisation.
-
-    The randomness is stateless: the same `seed` gives the same crop and flip
-    in any process, so a pipeline can make an epoch's augmentation a function
-    of its seed alone (what lets a killed run resume exactly).
+def crop_and_flip(info):
+    """`(uint8 image, seed) -> pixels`: the random crop + flip of `train_transform`,
+    before normalisation (values in `[0, 255]`).
 
     Args:
         info: the dataset's `DatasetInfo` (its `style` picks the recipe).
@@ -58,8 +61,56 @@ def train_transform(info):
 
     def transform(image, seed):
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        image = tf.image.stateless_random_flip_left_right(crop_image(image, crop_seed), flip_seed)
-        return normalize(image, info)
+        return tf.image.stateless_random_flip_left_right(crop_image(image, crop_seed), flip_seed)
+
+    return transform
+
+
+def train_transform(info):
+    """`(uint8 image, seed) -> float32 image`: random crop + flip, then normalisation.
+
+    The randomness is stateless: the same `seed` gives the same crop and flip
+    in any process, so a pipeline can make an epoch's augmentation a function
+    of its seed alone (what lets a killed run resume exactly).
+
+    Args:
+        info: the dataset's `DatasetInfo` (its `style` picks the recipe).
+
+    Returns:
+        `transform(image, seed)`, `seed` a shape-(2,) integer tensor.
+    """
+    crop_flip = crop_and_flip(info)
+
+    def transform(image, seed):
+        return normalize(crop_flip(image, seed), info)
+
+    return transform
+
+
+def strong_transform(info):
+    """`(uint8 image, seed) -> float32 image`: the strong view of two-view methods.
+
+    Its own random crop + flip (as `train_transform`'s, with other draws),
+    then `rand_augment.rand_augment` (2 ops) and `rand_augment.cutout` on the
+    pixels, then normalisation. The draws come from `seed` folded with
+    `STRONG_VIEW`, so the weak view of the same example (`train_transform`
+    with `seed` itself) is drawn independently and stays what a one-view
+    pipeline gives.
+
+    Args:
+        info: the dataset's `DatasetInfo`.
+
+    Returns:
+        `transform(image, seed)`, `seed` a shape-(2,) integer tensor.
+    """
+    crop_flip = crop_and_flip(info)
+
+    def transform(image, seed):
+        seed = tf.random.experimental.stateless_fold_in(seed, STRONG_VIEW)
+        crop_seed, augment_seed, cutout_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed, 3))
+        pixels = rand_augment.rand_augment(crop_flip(image, crop_seed), augment_seed)
+        return normalize(rand_augment.cutout(pixels, cutout_seed), info)
 
     return transform
 

@@ -6,6 +6,9 @@ from kerakd.data import augment as augment_lib
 from kerakd.data.sources import get_source
 
 AUGMENTATIONS = ("none", "standard", "mixup", "cutmix")
+# What `views` may ask for: the one view of every method, or the weak and
+# strong views of two-view methods (`Method.needs_strong_view`).
+VIEWS = (("weak",), ("weak", "strong"))
 # Examples held by the shuffle buffer: the whole training set when small.
 SHUFFLE_BUFFER_SMALL = 60_000
 SHUFFLE_BUFFER_LARGE = 10_000
@@ -13,7 +16,7 @@ SHUFFLE_BUFFER_LARGE = 10_000
 
 def training_dataset(source, batch_size, augment="standard", with_index=False,
                      repeat=False, mix_alpha=1.0, seed=0, shuffle_files=True,
-                     start_batch=0):
+                     start_batch=0, views=("weak",)):
     """Shuffled, augmented, normalised training batches.
 
     The training set is read in passes; pass `p` is shuffled and augmented
@@ -40,6 +43,12 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
             random order: better mixing, but that order is not a function of
             `seed`, so batches then differ between processes.
         start_batch: with `repeat`, the batch the dataset starts at.
+        views: `("weak",)`, or `("weak", "strong")` for methods with
+            `needs_strong_view`: then the images come as
+            `{"images": weak, "strong_images": strong}` (with `"index"` too
+            under `with_index`), the weak view as `augment` makes it and the
+            strong one drawn independently (`augment.strong_transform`: its
+            own crop + flip, RandAugment, Cutout). Not with mixup or cutmix.
 
     Returns:
         A `tf.data.Dataset`.
@@ -53,6 +62,15 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
         raise ValueError(f"Unknown augment '{augment}'; use one of {AUGMENTATIONS}.")
     if start_batch and not repeat:
         raise ValueError("`start_batch` positions an endless dataset: pass repeat=True.")
+    views = tuple(views)
+    if views not in VIEWS:
+        raise ValueError(f"Unknown views {views}; use one of {VIEWS}.")
+    strong = views == ("weak", "strong")
+    if strong and augment in ("mixup", "cutmix"):
+        raise ValueError(
+            f"augment='{augment}' mixes the images of a batch, which a strong view "
+            "would not follow; use augment='standard' or 'none' with views "
+            "('weak', 'strong').")
     info = source.info
     if info.num_train is not None and info.num_train < batch_size:
         raise ValueError(
@@ -108,6 +126,8 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
             return evaluate(image)
     else:
         transform = augment_lib.train_transform(info)
+    if strong:
+        transform = _two_views(transform, augment_lib.strong_transform(info))
     dataset = dataset.map(
         lambda example_seed, image, *rest: (transform(image, example_seed), *rest),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -121,9 +141,20 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
         )
     if with_index:
         dataset = dataset.map(
-            lambda images, labels, index: ({"images": images, "index": index}, labels)
+            lambda images, labels, index: (
+                {**(images if strong else {"images": images}), "index": index}, labels)
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _two_views(weak, strong):
+    """`(image, seed) -> {"images": weak view, "strong_images": strong view}`."""
+
+    def transform(image, example_seed):
+        return {"images": weak(image, example_seed),
+                "strong_images": strong(image, example_seed)}
+
+    return transform
 
 
 def validation_dataset(source, batch_size):
@@ -142,7 +173,7 @@ def validation_dataset(source, batch_size):
 
 
 def load(name, batch_size, augment="standard", data_dir=None, image_size=None,
-         with_index=False, seed=0):
+         with_index=False, seed=0, views=("weak",)):
     """Training and validation batches of a dataset, for `Distiller.fit`.
 
     Args:
@@ -153,6 +184,8 @@ def load(name, batch_size, augment="standard", data_dir=None, image_size=None,
         image_size: side of the images a model reads (default: stored size).
         with_index: training batches carry example indices (`needs_index`).
         seed: seed of shuffling and augmentation.
+        views: `("weak", "strong")` for two-view methods (`needs_strong_view`);
+            see `training_dataset`.
 
     Returns:
         `(train_ds, val_ds, info)` with `info` a `DatasetInfo`.
@@ -163,5 +196,5 @@ def load(name, batch_size, augment="standard", data_dir=None, image_size=None,
     >>> student = kerakd.models.get("resnet8", info.num_classes, info.image_shape)
     """
     source = get_source(name, data_dir, image_size).prepare()
-    train = training_dataset(source, batch_size, augment, with_index, seed=seed)
+    train = training_dataset(source, batch_size, augment, with_index, seed=seed, views=views)
     return train, validation_dataset(source, batch_size), source.info

@@ -72,6 +72,9 @@ class StepData:
         forward_teacher: the same for the teacher (inference mode), or None.
         index: dataset indices of the examples `(B,)` when the pipeline
             provides them (contrastive memory banks), else None.
+        strong_images: a second, strongly augmented view of the same
+            examples `(B, H, W, C)` when the pipeline provides it (methods
+            with `needs_strong_view`), else None; `images` is the weak view.
     """
 
     images: Any
@@ -84,6 +87,7 @@ class StepData:
     forward_student: Optional[Callable] = None
     forward_teacher: Optional[Callable] = None
     index: Any = None
+    strong_images: Any = None
 
 
 @dataclasses.dataclass
@@ -113,6 +117,11 @@ class Method(keras.layers.Layer):
     - `requires_teacher` (class attribute): False for self-distillation.
     - `needs_index` (class attribute): True if `call` reads `data.index`
       (the data pipeline then yields `({"images", "index"}, labels)`).
+    - `needs_strong_view` (class attribute): True if `call` reads
+      `data.strong_images`, a strongly augmented second view of each example
+      (the pipeline then yields `({"images", "strong_images"}, labels)`,
+      `views=("weak", "strong")`); the method runs the networks on it with
+      `data.forward_student` / `data.forward_teacher`.
     - `student_taps`, `teacher_taps` (class attributes): `{role: tap spec}`,
       the default taps of each role (a tap kind such as `"stages"` or a list
       of layer names); users override them through
@@ -127,6 +136,7 @@ class Method(keras.layers.Layer):
 
     requires_teacher = True
     needs_index = False
+    needs_strong_view = False
     student_taps = {}
     teacher_taps = {}
 

@@ -83,6 +83,7 @@ class Compose(Method):
         self.components = methods
         self.requires_teacher = any(m.requires_teacher for m in methods)
         self.needs_index = any(m.needs_index for m in methods)
+        self.needs_strong_view = any(m.needs_strong_view for m in methods)
         self._update_taps()
         self._term_names = []
         self._check_shared_weights()  # again at build: some methods set weights there

@@ -114,7 +114,8 @@ class DKD(Method):
     >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
     """
 
-    def __init__(self, ce_weight=1.0, alpha=None, beta=None, temperature=None, warmup=20,
+    def __init__(self, ce_weight=1.0, alpha: float | None = None, beta: float | None = None,
+                 temperature: float | None = None, warmup=20,
                  logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
         alpha = ls.preset(alpha, 1.0, 9.0, logit_standardization)

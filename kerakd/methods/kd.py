@@ -25,11 +25,11 @@ class KD(Method):
     Example:
 
     >>> distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
-    >>> kd_ls = kerakd.methods.get("kd", logit_standardization=True)   # 0.1 CE + 9 KD_2(n(z_s), n(z_t))
+    >>> kd_ls = kerakd.methods.get("kd", logit_standardization=True)  # 9 KD_2(n(z_s), n(z_t))
     """
 
-    def __init__(self, ce_weight=0.1, kd_weight=None, temperature=None,
-                 logit_standardization=False, **kwargs):
+    def __init__(self, ce_weight=0.1, kd_weight: float | None = None,
+                 temperature: float | None = None, logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
         kd_weight = ls.preset(kd_weight, 0.9, 9.0, logit_standardization)
         temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
