@@ -146,10 +146,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool("full", False, "Run the long budget (for a GPU) instead of the "
                   "2-core CPU one.")
 flags.DEFINE_list("pairs", list(PAIRS), f"Pairs to benchmark, of {list(PAIRS)}.")
+flags.DEFINE_list("extra_methods", [], "Registered methods, or configs of other settings "
+                  "(kd_ls: KD with logit standardisation), to add to the first pair "
+                  "(e.g. crd,dkd), with the recipe of their config.")
 flags.DEFINE_list("methods", None, "Only these of each pair's methods (default: all "
                   "of them).")
-flags.DEFINE_list("extra_methods", [], "Registered methods to add to the first pair "
-                  "(e.g. crd,dkd), with the recipe of their config.")
 flags.DEFINE_integer("seeds", None, "Seeds per method (0, 1, ...); default: the "
                      "pair's (3 on resnet, 2 on resnet_mobilenet).", lower_bound=1)
 flags.DEFINE_bool("report_only", False, "Train nothing: report the runs that have "
@@ -199,9 +200,24 @@ def milestones(epochs):
 
 
 def config_path(method):
-    """The method's Fashion-MNIST config, else its CIFAR one."""
+    """The method's Fashion-MNIST config, else its CIFAR one (`method` is a
+    registered name, or a config's name such as `kd_ls`)."""
     fmnist = os.path.join(CONFIGS, "fmnist", f"{method}.flags")
     return fmnist if os.path.exists(fmnist) else os.path.join(CONFIGS, f"{method}.flags")
+
+
+def registered_method(method):
+    """The registered method a benchmark entry trains: the name itself, or the
+    `--method` of the config of that name (`kd_ls` -> `kd`)."""
+    if method in methods.available():
+        return method
+    path = config_path(method)
+    if os.path.exists(path):
+        with open(path) as file:
+            for line in file:
+                if line.startswith("--method="):
+                    return line.strip().split("=", 1)[1]
+    return None
 
 
 def run_args(config, student, epochs, steps_per_epoch, budget, seed, model_dir,
@@ -285,7 +301,8 @@ def pair_methods(key, pair):
 
 def run_dir(pair, method, seed):
     """Teacher-free runs depend only on the student, so pairs share them."""
-    owner = (f"{pair.teacher}-{pair.student}" if kerakd_flags.requires_teacher(method)
+    owner = (f"{pair.teacher}-{pair.student}"
+             if kerakd_flags.requires_teacher(registered_method(method))
              else pair.student)
     return os.path.join(FLAGS.runs_dir, owner, method, f"seed{seed}")
 
@@ -324,7 +341,7 @@ def get_teacher(pair, budget):
 def train_student(pair, method, seed, budget, teacher):
     """One student run's results and validation curve."""
     model_dir = run_dir(pair, method, seed)
-    needs_teacher = kerakd_flags.requires_teacher(method)
+    needs_teacher = kerakd_flags.requires_teacher(registered_method(method))
     args = run_args(config_path(method), pair.student, budget.epochs, budget.steps_per_epoch,
                     budget, seed, model_dir, teacher["file"] if needs_teacher else None)
     if pair.student_learning_rate:
@@ -550,9 +567,9 @@ def check_flags():
     if unknown:
         raise app.UsageError(f"--pairs: unknown {unknown}; use some of {list(PAIRS)}.")
     for name in FLAGS.extra_methods + (FLAGS.methods or []):
-        if name not in methods.available():
-            raise app.UsageError(f"method '{name}' is not registered: "
-                                 f"{methods.available()}.")
+        if registered_method(name) is None:
+            raise app.UsageError(f"method '{name}' is neither registered ({methods.available()}) "
+                                 "nor the name of a config in configs/fmnist/ or configs/.")
 
 
 def main(argv):

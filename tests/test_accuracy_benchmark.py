@@ -16,7 +16,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def run_benchmark(tmp_path, epochs=1, check=True, extra=()):
     args = [sys.executable, SCRIPT, "--dataset=synthetic", "--pairs=resnet",
-            "--methods=none,kd", "--seeds=1", f"--epochs={epochs}", "--teacher_epochs=1",
+            "--methods=none,kd_ls", "--extra_methods=kd_ls", "--seeds=1", f"--epochs={epochs}", "--teacher_epochs=1",
             *extra,
             "--steps_per_epoch=1", "--batch_size=16",
             f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'results'}",
@@ -33,7 +33,10 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
     with open(tmp_path / "results" / "accuracy-default-synthetic.json") as file:
         results = json.load(file)
     methods = results["pairs"]["resnet"]["methods"]
-    assert list(methods) == ["none", "kd"]
+    # kd_ls: a config's name (KD with logit standardisation) runs as its method, kd.
+    assert list(methods) == ["none", "kd_ls"]
+    assert methods["kd_ls"]["runs"][0]["model_dir"].endswith(
+        os.path.join("resnet20-resnet8", "kd_ls", "seed0"))
     for entry in methods.values():
         assert [r["seed"] for r in entry["runs"]] == [0]
         assert all(len(r["validation_accuracy"]) == 1 for r in entry["runs"])
@@ -41,7 +44,7 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
     for name in ("accuracy_bar-synthetic.png", "accuracy_curves-synthetic.png"):
         assert (tmp_path / "docs" / name).stat().st_size > 0
     section = (tmp_path / "docs" / "b.md").read_text()
-    assert "## Accuracy" in section and "| kd |" in section
+    assert "## Accuracy" in section and "| kd_ls |" in section
 
     stdout = run_benchmark(tmp_path).stdout  # every run is finished: all are reused
     assert "accuracy: training" not in stdout
