@@ -500,13 +500,32 @@ def _check_model_dir(model_dir):
 
 
 def flag_dict(flag_values):
-    """`{name: value}` of kerakd's flags, but the other methods' (for results.json)."""
+    """`{name: value}` of kerakd's flags, but the other methods' (for results.json).
+
+    A method argument whose default is None, resolved by the method (`kd`'s
+    `kd_weight`: 0.9, or 9 with logit standardisation), has the value the
+    method resolved it to, so that runs of the same recipe compare equal
+    however it was spelled.
+    """
     owners = _method_flag_owner(flag_values)
     chosen = method_names(flag_values.method)
-    return {
+    values = {
         f.name: f.value for f in flag_values.get_flags_for_module(__name__)
         if f.name not in owners or owners[f.name][0] in chosen
     }
+    unresolved = [n for n, v in values.items() if v is None and n in owners]
+    if unresolved:
+        hparams = method_hparams(flag_values)
+        configs = {}
+        for name in unresolved:
+            method, argument = owners[name]
+            if method not in configs:
+                try:
+                    configs[method] = methods.get(method, **hparams[method]).get_config()
+                except (TypeError, ValueError):
+                    configs[method] = {}  # bad values: check_flags reports them
+            values[name] = configs[method].get(argument)
+    return values
 
 
 def flagfile_lines(flag_values):
