@@ -213,6 +213,73 @@ def _define_method_flags(flag_values):
                 flags.DEFINE_string(flag, **kwargs)
 
 
+# `kerakd-train --help`: the core flags by job, in this order.
+HELP_GROUPS = {
+    "model and data": ["student", "teacher", "dataset", "data_dir", "image_size", "augment",
+                       "mix_alpha"],
+    "schedule": ["epochs", "steps_per_epoch", "batch_size", "learning_rate", "lr_milestones",
+                 "lr_decay", "warmup_epochs"],
+    "optimizer": ["optimizer", "momentum", "nesterov", "weight_decay", "clip_grad_norm"],
+    "method and taps": ["method", "student_taps", "teacher_taps"],
+    "distribution": ["strategy", "tpu", "num_logical_cpus", "sync_batchnorm",
+                     "mixed_precision", "jit_compile"],
+    "output and reliability": ["model_dir", "seed", "deterministic", "nan_policy",
+                               "max_skipped_share", "overwrite"],
+}
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-help")
+
+
+def _first_sentence(text):
+    text = " ".join(text.split())
+    end = re.search(r"\.\s+(?=[A-Z`-])", text)
+    return text if end is None else text[:end.start() + 1]
+
+
+def _help_line(flag, unset="(none)"):
+    default = flag.default_as_str or unset
+    return f"  --{flag.name}={default.strip(chr(39))}\n      {_first_sentence(flag.help)}"
+
+
+def help_text(method=None):
+    """`kerakd-train --help`: the core flags grouped by job, one line each,
+    then the hyperparameters of `method` (a name, or `a+b`) when given."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    lines = ["Usage: kerakd-train --method=<method> --model_dir=<dir> [--flag=value ...]",
+             "       kerakd-train --flagfile=configs/kd.flags",
+             "Every flag also reads from a flagfile. --helpfull lists absl's own flags too."]
+    for group, names in HELP_GROUPS.items():
+        lines += ["", f"{group[0].upper()}{group[1:]}:"]
+        lines += [_help_line(flag_values[name]) for name in names]
+    owners = _method_flag_owner(flag_values)
+    if method:
+        for name in method_names(method):
+            if name not in methods.available():
+                lines += ["", f"--method={method}: '{name}' is not a registered method "
+                              f"({', '.join(methods.available())})."]
+                continue
+            lines += ["", f"Method {name} (docs/methods/{name}.md):"]
+            lines += [_help_line(flag_values[f], unset="(the method's preset)")
+                      for f, (m, _) in owners.items() if m == name]
+    else:
+        lines += ["", "Pass --method=<method> with --help to list its hyperparameters "
+                      "(--<method>_<argument>)."]
+    return "\n".join(lines)
+
+
+def help_method(argv):
+    """The method a `--help` command line names (`--method=`, or in a flagfile), or None."""
+    rest = [a for a in argv[1:] if a not in HELP_FLAGS]
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values["model_dir"].validators.clear()  # not needed to ask for help
+    try:
+        flag_values(["kerakd-train", *rest])
+    except flags.Error:
+        pass
+    return flag_values["method"].value if flag_values["method"].present else None
+
+
 def define_flags(flag_values=flags.FLAGS):
     """Defines every flag of `kerakd-train` in `flag_values`."""
     _define_core_flags(flag_values)

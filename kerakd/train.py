@@ -831,12 +831,16 @@ def main(argv):
 
 def _parse_command_line(argv):
     """absl's flag parsing for `app.run`, naming the flagfile that sets an
-    unknown flag; a bad flag exits 1 with its message, as absl's does."""
+    unknown flag; a bad flag exits 1 with its message, as absl's does.
+    `--help` prints the grouped flags (and the method's) and exits 0."""
+    if any(a in kerakd_flags.HELP_FLAGS for a in argv[1:]):
+        print(kerakd_flags.help_text(kerakd_flags.help_method(argv)))
+        raise SystemExit(0)
     try:
         return kerakd_flags.parse_into(flags.FLAGS, argv)
     except flags.Error as error:
-        print(f"FATAL Flags parsing error: {error}\nPass --helpfull to see help on "
-              "flags.", file=sys.stderr)
+        print(f"FATAL Flags parsing error: {error}\nPass --help to list the flags "
+              "(with --method=<method>, its own too).", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -395,3 +395,31 @@ def test_readme_setup_updates_apt_and_stops_if_apt_fails(tmp_path, uid, apt_fail
         assert done.returncode == 0, done.stderr
         assert ran == [*(apt if uid == "0" else []), "python3 -m venv .venv",
                        "pip install -e .[cpu]", "python -m kerakd.quickstart"]
+
+
+@pytest.mark.parametrize("argv, method_lines", [
+    (["kerakd-train", "--help"], []),
+    (["kerakd-train", "--helpshort", "--method=kd+at"], ["Method kd", "--kd_temperature=",
+                                                         "Method at", "--at_at_weight="]),
+])
+def test_help_lists_the_core_flags_by_group_and_the_methods_own(argv, method_lines, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train._parse_command_line(argv)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for group in kerakd_flags.HELP_GROUPS:
+        assert f"{group[0].upper()}{group[1:]}:" in text
+    grouped = {n for names in kerakd_flags.HELP_GROUPS.values() for n in names}
+    core = {f.name for f in kerakd_flags.parse(["kerakd-train", "--model_dir=x"])
+            .get_flags_for_module(kerakd_flags.__name__)} - set(kerakd_flags._method_flag_owner(
+                kerakd_flags.parse(["kerakd-train", "--model_dir=x"])))
+    assert core == grouped, "every core flag is in one group"
+    assert "  --learning_rate=0.05\n      Initial learning rate." in text
+    for line in method_lines:
+        assert line in text
+    assert ("--kd_temperature" in text) == bool(method_lines)
+
+
+def test_help_reads_the_method_from_a_flagfile():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "fmnist", "dist.flags")
+    assert kerakd_flags.help_method(["kerakd-train", f"--flagfile={path}", "--help"]) == "dist"
