@@ -92,6 +92,9 @@ def _define_core_flags(flag_values):
            "the run (exit 1, the last checkpoint kept) once more than this share "
            "of an epoch's batches, or all of them, were skipped.", lower_bound=0,
            upper_bound=1)
+    define("integer", "log_every_steps", 50, "Outside a terminal (a log file, a "
+           "notebook), print the running metrics every this many steps (0: one "
+           "line per epoch only); a terminal shows Keras's progress bar.", lower_bound=0)
     define("boolean", "overwrite", False, "Start over in a --model_dir that holds "
            "a run: move that run aside to <model_dir>.replaced-<time>.")
     define("enum", "strategy", "default", "tf.distribute strategy: one device, all "
@@ -224,7 +227,7 @@ HELP_GROUPS = {
     "distribution": ["strategy", "tpu", "num_logical_cpus", "sync_batchnorm",
                      "mixed_precision", "jit_compile"],
     "output and reliability": ["model_dir", "seed", "deterministic", "nan_policy",
-                               "max_skipped_share", "overwrite"],
+                               "max_skipped_share", "overwrite", "log_every_steps"],
 }
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-help")
 

@@ -43,6 +43,7 @@ from kerakd import models
 from kerakd.data import sources as data_sources
 from kerakd.distiller import Distiller
 from kerakd.distiller import NonFiniteLossError
+from kerakd.progress import StepLines, console_verbosity
 from kerakd.distribute import synchronize_batchnorm
 
 RESULTS = "results.json"
@@ -54,8 +55,9 @@ CHECKPOINT = os.path.join(CHECKPOINTS, "checkpoint.json")
 # Held (flock) by the run writing the directory; holds its PID and host.
 LOCK = "run.lock"
 # Flags a resumed run may change: where it runs, and how it treats NaN
-# batches (the way on after a run stopped on one).
-RESUMABLE_CHANGES = ("model_dir", "overwrite", "nan_policy", "max_skipped_share")
+# batches (the way on after a run stopped on one), and what it prints.
+RESUMABLE_CHANGES = ("model_dir", "overwrite", "nan_policy", "max_skipped_share",
+                     "log_every_steps")
 
 
 def learning_rate_schedule(base, milestones=(), decay=0.1, warmup_epochs=0):
@@ -729,12 +731,15 @@ def train(flag_values):
             # Last: the checkpoint is committed once the rest of the epoch is done.
             progress,
         ]
+        verbose = console_verbosity()
+        if verbose == 2 and fv.log_every_steps:
+            callbacks.insert(-1, StepLines(fv.log_every_steps, steps_per_epoch))
         if resume_epoch:
             print(f"kerakd-train: resuming {model_dir} after epoch {resume_epoch}.")
         try:
             distiller.fit(train_ds, validation_data=val_ds, epochs=fv.epochs,
                           initial_epoch=resume_epoch, steps_per_epoch=steps_per_epoch,
-                          callbacks=callbacks, verbose=2,
+                          callbacks=callbacks, verbose=verbose,
                           shuffle=False)  # the dataset is shuffled
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {_what_is_kept(model_dir)}") from error

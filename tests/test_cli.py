@@ -2,6 +2,7 @@
 
 import fcntl
 import glob
+import io
 import gzip
 import json
 import os
@@ -423,3 +424,15 @@ def test_help_lists_the_core_flags_by_group_and_the_methods_own(argv, method_lin
 def test_help_reads_the_method_from_a_flagfile():
     path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "fmnist", "dist.flags")
     assert kerakd_flags.help_method(["kerakd-train", f"--flagfile={path}", "--help"]) == "dist"
+
+
+def test_outside_a_terminal_a_line_every_few_steps(tmp_path, capsys):
+    from kerakd import progress
+
+    assert progress.console_verbosity(io.StringIO()) == 2  # a log file: no progress bar
+    train.run_with_args(["--method=none", "--dataset=synthetic", "--student=resnet8",
+                         "--batch_size=8", "--steps_per_epoch=4", "--epochs=1",
+                         "--lr_milestones=", "--log_every_steps=2", f"--model_dir={tmp_path}"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1 ")]
+    assert len(lines) == 1, lines  # step 2 (step 4 is the epoch's own line)
+    assert re.match(r"epoch 1 step 2/4 - .*loss \d+\.\d{4}.* - \d+\.\d\ds/step$", lines[0])
