@@ -434,3 +434,22 @@ def test_a_teacher_changed_during_the_run_fails_loudly(faulty_methods, tmp_path)
                              *TINY, "--epochs=1", f"--model_dir={model_dir}"])
     assert not (model_dir / "student.keras").exists()
     assert committed_epoch(model_dir) == 1
+
+
+def test_float_images_in_0_255_warn_once_and_normalised_ones_do_not():
+    import warnings as warnings_module
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, *IMAGE_SHAPE)).astype("float32")
+    distiller = kerakd.Distiller(small_model(), "none")
+    distiller.compile(keras.optimizers.SGD(0.01))
+    with pytest.warns(UserWarning, match="float images that reach 255.0: raw 0-255") as warned:
+        distiller.fit(pixels, make_labels(16), batch_size=8, epochs=2, verbose=0)
+    assert sum("raw 0-255" in str(w.message) for w in warned) == 1
+    normalised = kerakd.Distiller(small_model(), "none")
+    normalised.compile(keras.optimizers.SGD(0.01))
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        normalised.fit((pixels / 255 - 0.5) / 0.25, make_labels(16), batch_size=8, epochs=1,
+                       verbose=0)
+    assert not any("raw" in str(w.message) for w in caught)
