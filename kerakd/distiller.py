@@ -306,6 +306,14 @@ def _check_batch_input(distiller, images, labels, num_classes):
         name="check_labels")
 
 
+class BatchMean(keras.metrics.Mean):
+    """`keras.metrics.Mean` that is NaN, not 0, over no examples (an epoch
+    whose every batch was skipped has no mean loss; 0 would read as perfect)."""
+
+    def result(self):
+        return ops.where(self.count > 0, super().result(), float("nan"))
+
+
 def _all_finite(tensors):
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
 
@@ -456,18 +464,18 @@ class Distiller(keras.Model):
             _warn_if_oversized(self.method, self.student, spec)
         self._image_shape = image_shape
         names = self._output_names(spec)
-        self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names["losses"]}
+        self.term_trackers = {n: BatchMean(name=n) for n in names["losses"]}
         self.accuracy_trackers = {
-            n: keras.metrics.Mean(name=n)
+            n: BatchMean(name=n)
             for n in ["accuracy"] + [f"{p}_accuracy" for p in names["logits"]]
         }
-        self.value_trackers = {n: keras.metrics.Mean(name=n) for n in names["metrics"]}
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.value_trackers = {n: BatchMean(name=n) for n in names["metrics"]}
+        self.loss_tracker = BatchMean(name="loss")
         self.skipped_tracker = (keras.metrics.Sum(name="skipped_batches")
                                 if self.nan_policy == "skip_batch" else None)
         # Validation reports the student's `ce`: one tracker per name, or Keras
         # reads the wrong one back.
-        self.val_ce_tracker = self.term_trackers.get("ce") or keras.metrics.Mean(name="ce")
+        self.val_ce_tracker = self.term_trackers.get("ce") or BatchMean(name="ce")
 
     def _output_names(self, spec):
         """Names of the method's terms, extra predictions and metrics, read

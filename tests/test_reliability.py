@@ -246,6 +246,17 @@ def test_a_skipped_batch_leaves_no_trace():
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_epoch_of_skipped_batches_reports_nan_not_zero():
+    images, labels = make_images(16), make_labels(16)
+    images[:] = np.nan
+    distiller = kerakd.Distiller(small_model(), "none", nan_policy="skip_batch")
+    distiller.compile(keras.optimizers.SGD(0.1))
+    history = distiller.fit(images, labels, batch_size=8, epochs=1, verbose=0).history
+    assert history["skipped_batches"] == [2.0]
+    for name in ("loss", "ce", "accuracy"):
+        assert np.isnan(history[name][0]), (name, history[name])
+
+
 def test_without_skipping_a_nan_batch_poisons_the_student():
     """The check above can fail: the same batch, not skipped, ruins the weights."""
     student = small_model()
