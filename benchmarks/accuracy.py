@@ -50,7 +50,7 @@ from kerakd import data  # noqa: E402
 from kerakd import flags as kerakd_flags  # noqa: E402
 from kerakd import methods  # noqa: E402
 from kerakd import train  # noqa: E402
-from kerakd.distiller import NonFiniteLossError  # noqa: E402
+from kerakd.callbacks import NonFiniteLossError  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "configs")

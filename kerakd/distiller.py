@@ -1,321 +1,18 @@
 """`Distiller`: a `keras.Model` that trains a student with a distillation method."""
 
-import math
-import warnings
-import weakref
-
 import keras
 import tensorflow as tf
 from keras import ops
 
+from kerakd import callbacks as callbacks_lib
+from kerakd import checks
 from kerakd import distribute
 from kerakd import losses
 from kerakd import methods as methods_lib
+from kerakd import metrics
+from kerakd.callbacks import NAN_POLICIES
 from kerakd.methods.base import Method, MethodOutput, StepData, TapSpec
-from kerakd.taps import check_tappable, resolve_taps, tap_model
-
-
-class _Tapped:
-    """A tapped network and its roles; a plain object, so Keras does not track
-    (and save) the tapped model twice: its layers are the network's own."""
-
-    def __init__(self, model, roles):
-        self.roles = roles  # {role: [layer name, ...]}
-        self.names = list(dict.fromkeys(n for names in roles.values() for n in names))
-        self.model = tap_model(model, self.names)
-
-    @classmethod
-    def of(cls, model, method_roles, override, side):
-        """Taps `model` where the method's roles (with a user override) point."""
-        roles = _roles(method_roles, override, side)
-        return cls(model, {r: resolve_taps(model, spec) for r, spec in roles.items()})
-
-    def __call__(self, images, training):
-        by_name, logits = self.features(images, training)
-        return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
-
-    def features(self, images, training):
-        """`({layer name: features}, logits)` of one forward pass."""
-        outputs = self.model(images, training=training)
-        *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return dict(zip(self.names, taps)), logits
-
-    def shapes(self, batch_size):
-        *taps, logits = self.model.outputs
-        by_name = {n: (batch_size, *t.shape[1:]) for n, t in zip(self.names, taps)}
-        roles = {r: [by_name[n] for n in names] for r, names in self.roles.items()}
-        return roles, (batch_size, *logits.shape[1:])
-
-
-def _roles(method_defaults, override, side):
-    """Merges a user's tap override into a method's `{role: spec}` defaults."""
-    roles = dict(method_defaults)
-    if override is None:
-        return roles
-    if not isinstance(override, dict):
-        if len(roles) != 1:
-            raise ValueError(
-                f"This method reads {side} taps in several roles {sorted(roles)}; "
-                f"pass {side}_taps as a dict {{role: [layer names]}}."
-            )
-        override = {next(iter(roles)): override}
-    unknown = set(override) - set(roles)
-    if unknown:
-        raise ValueError(
-            f"Unknown {side} tap role(s) {sorted(unknown)}; this method has "
-            f"{sorted(roles) or 'no ' + side + ' taps'}."
-        )
-    roles.update(override)
-    return roles
-
-
-def _logits_only_methods():
-    """Registered methods that read no tap of either network (their
-    `student_taps` and `teacher_taps` are empty): they need logits alone."""
-    return [
-        name for name in methods_lib.available()
-        if not getattr(methods_lib.registry.factory(name), "student_taps", None)
-        and not getattr(methods_lib.registry.factory(name), "teacher_taps", None)
-    ]
-
-
-def _check_logits_model(model, side):
-    """Checks that `model` is a functional (or Sequential) `images -> logits` model.
-
-    Args:
-        model: the student or the teacher.
-        side: `"student"` or `"teacher"`, for the messages.
-
-    Raises:
-        ValueError: `model` is subclassed or an unbuilt Sequential (the
-            message says how to build it functionally), has several outputs,
-            or ends in a softmax.
-    """
-    check_tappable(model, f"The {side} '{getattr(model, 'name', model)}'",
-                   _logits_only_methods())
-    if len(model.outputs) != 1:
-        raise ValueError(
-            f"The {side} must have exactly one output (the logits); "
-            f"'{model.name}' has {len(model.outputs)}."
-        )
-    layer = _output_operation(model)
-    if _is_softmax(layer):
-        raise ValueError(
-            f"The {side} '{model.name}' ends in a softmax (its output layer "
-            f"'{getattr(layer, 'name', layer)}', a {type(layer).__name__}); "
-            "distillation needs logits. Rebuild it without the softmax: drop a "
-            "final Softmax or Activation('softmax') layer, or give the last Dense "
-            "activation=None."
-        )
-
-
-def _output_operation(model):
-    """The layer (or op) that makes `model`'s output, looked for inside nested
-    functional or Sequential models; None if the graph does not tell."""
-    try:
-        operation = model.outputs[0]._keras_history.operation
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    if isinstance(operation, keras.Model) and operation is not model:
-        return _output_operation(operation) or operation
-    return operation
-
-
-def _is_softmax(layer):
-    """Whether `layer` outputs probabilities: a `Softmax` layer (or the
-    `keras.ops.softmax` op), or any layer with a softmax activation."""
-    return (type(layer).__name__ == "Softmax"
-            or getattr(layer, "activation", None) is keras.activations.softmax)
-
-
-OVERSIZED_METHOD_RATIO = 10
-
-
-def _parameter_count(variables):
-    return sum(math.prod(v.shape) for v in variables)
-
-
-def _describe_taps(names_by_role, shapes_by_role):
-    """`"name (C channels), ..."` of a network's taps, each layer once."""
-    channels = {}
-    for role, names in names_by_role.items():
-        for name, shape in zip(names, shapes_by_role.get(role, [])):
-            channels.setdefault(name, shape[-1])
-    return ", ".join(f"{n} ({c} channels)" for n, c in channels.items()) or "none"
-
-
-def _warn_if_oversized(method, student, spec):
-    """Warns once if the method's trainable parts outgrow the student
-    `OVERSIZED_METHOD_RATIO` times: they grow with the channels of the taps
-    they read, so a wide tap (MobileNetV2's 1280-channel `out_relu`) can
-    silently build a module far larger than the network it trains.
-
-    Args:
-        method: the method, just built.
-        student: the student model.
-        spec: the `TapSpec` the method was built from.
-    """
-    method_count = _parameter_count(method.trainable_weights)
-    student_count = _parameter_count(student.trainable_weights)
-    if method_count <= OVERSIZED_METHOD_RATIO * student_count:
-        return
-    taps = f"student taps: {_describe_taps(spec.student_tap_names, spec.student)}"
-    if spec.teacher_tap_names:
-        taps += f"; teacher taps: {_describe_taps(spec.teacher_tap_names, spec.teacher)}"
-    warnings.warn(
-        f"Method '{method.name}' builds {method_count:,} trainable parameters, "
-        f"more than {OVERSIZED_METHOD_RATIO}x the student's {student_count:,}. "
-        f"Its parts grow with the channels of the taps it reads ({taps}). "
-        "If that is not intended, pick taps with fewer channels: "
-        "Distiller(student_taps=[...], teacher_taps=[...]), or "
-        "--student_taps/--teacher_taps on the command line.",
-        UserWarning,
-        stacklevel=2,
-    )
-
-
-NAN_POLICIES = ("stop", "skip_batch")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term was NaN or Inf during training (`nan_policy="stop"`)."""
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises `NonFiniteLossError` after the first batch whose loss is NaN or Inf.
-
-    The Distiller's trackers average over the epoch, so the first non-finite
-    batch turns its term's average non-finite: that batch is the one named.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        values = {n: float(keras.ops.convert_to_numpy(v)) for n, v in (logs or {}).items()
-                  if n == "loss" or n in self.model.term_trackers}
-        bad = {n: v for n, v in values.items() if not math.isfinite(v)}
-        if not bad:
-            return
-        # Name the terms at fault; `loss` alone only if their sum overflowed.
-        terms = {n: v for n, v in bad.items() if n != "loss"} or bad
-        described = ", ".join(f"'{n}' is {v}" for n, v in terms.items())
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        raise NonFiniteLossError(
-            f"Loss term {described} at training step {step} (epoch {self._epoch + 1}, "
-            f"batch {batch + 1}); training stopped. Lower the learning rate or check "
-            "the data, or skip such batches with nan_policy='skip_batch' "
-            "(--nan_policy=skip_batch)."
-        )
-
-
-def _on_every_replica(flag):
-    """True if `flag` holds on every replica (the same value on each)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return flag
-    failing = context.all_reduce("SUM", 1 - ops.cast(flag, "int32"))  # no MIN op
-    return ops.equal(failing, 0)
-
-
-def _apply_if(condition, apply):
-    """Runs `apply()` (an optimizer update) only if `condition`, a value
-    equal on every replica.
-
-    An update may sync replicas with `merge_call`, which a `cond` in replica
-    context cannot hold; the `cond` then runs in cross-replica context, as
-    Keras's `LossScaleOptimizer` does.
-    """
-    def update():
-        apply()  # `cond` branches must return alike: nothing
-
-    if distribute.num_replicas() == 1 or (
-            tf.__internal__.distribute.strategy_supports_no_merge_call()):
-        ops.cond(condition, update, lambda: None)
-        return
-
-    def cross_replica(strategy, condition):
-        condition = strategy.experimental_local_results(condition)[0]
-        ops.cond(condition, lambda: strategy.extended.call_for_each_replica(update),
-                 lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
-
-
-# Distillers already warned about integer (raw-pixel) images.
-_WARNED_RAW_PIXELS = weakref.WeakSet()
-
-
-# Largest |pixel| of a normalised image batch is a few units (Fashion-MNIST
-# 2.0, CIFAR 2.1, ImageNet 2.6); images in 0-255 exceed this.
-RAW_PIXEL_THRESHOLD = 20.0
-
-
-def _on_tpu():
-    return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
-
-
-def _warn_raw_float_pixels(distiller, largest):
-    if distiller in _WARNED_RAW_PIXELS:
-        return
-    _WARNED_RAW_PIXELS.add(distiller)
-    warnings.warn(
-        f"The Distiller trains on float images that reach {largest:.1f}: raw 0-255 "
-        "pixels? The models expect normalised images, e.g. (x / 255 - mean) / std "
-        "per channel (kerakd.data pipelines do this).", UserWarning, stacklevel=2)
-
-
-def _check_batch_input(distiller, images, labels, num_classes):
-    """Adds a check that int labels are class ids in `[0, num_classes)` to a
-    training step (two reductions; XLA, `jit_compile=True`, drops it), and
-    warns once per `distiller` about integer images (when its step is
-    traced) or float images beyond `RAW_PIXEL_THRESHOLD` (when a step meets
-    one), which are likely raw pixels that nothing normalised.
-
-    Raises:
-        tf.errors.InvalidArgumentError: when the step runs on a batch with a
-            label outside the classes; the message gives the batch's label
-            range and the number of classes.
-    """
-    if images.dtype.is_integer and distiller not in _WARNED_RAW_PIXELS:
-        _WARNED_RAW_PIXELS.add(distiller)
-        warnings.warn(
-            f"The Distiller trains on {images.dtype.name} images: raw pixels? The "
-            "models expect normalised float images, e.g. (x / 255 - mean) / std "
-            "per channel (kerakd.data pipelines do this).",
-            UserWarning, stacklevel=3)
-    elif images.dtype.is_floating and not distiller.jit_compile and not _on_tpu():
-        # Normalised images stay within a few units of 0; pixels in 0-255
-        # reach far beyond. Checked on every batch (one reduction), told once.
-        largest = tf.reduce_max(tf.abs(tf.cast(images, tf.float32)))
-
-        def warn():
-            tf.py_function(lambda value: _warn_raw_float_pixels(distiller, float(value)),
-                           [largest], [])
-            return tf.constant(True)
-
-        tf.cond(largest > RAW_PIXEL_THRESHOLD, warn, lambda: tf.constant(False))
-    if not labels.dtype.is_integer:
-        return  # soft labels (mixup, cutmix)
-    low, high = tf.reduce_min(labels), tf.reduce_max(labels)
-    tf.debugging.Assert(
-        tf.logical_and(low >= 0, high < num_classes),
-        [f"Labels must be class ids in [0, {num_classes}) (the student predicts "
-         f"{num_classes} classes), but this batch has labels from", low, "to", high,
-         ". Fix the labels, or build the student (and teacher) for more classes."],
-        name="check_labels")
-
-
-class BatchMean(keras.metrics.Mean):
-    """`keras.metrics.Mean` that is NaN, not 0, over no examples (an epoch
-    whose every batch was skipped has no mean loss; 0 would read as perfect)."""
-
-    def result(self):
-        return ops.where(self.count > 0, super().result(), float("nan"))
-
-
-def _all_finite(tensors):
-    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))
+from kerakd.taps import TappedModel
 
 
 @keras.saving.register_keras_serializable(package="kerakd")
@@ -406,7 +103,7 @@ class Distiller(keras.Model):
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
         if clip_grad_norm < 0:
             raise ValueError(f"`clip_grad_norm` must be >= 0 (0: off), got {clip_grad_norm}.")
-        _check_logits_model(student, "student")
+        checks.check_logits_model(student, "student")
         self.student = student
         self.method = method
         self.teacher = teacher
@@ -415,12 +112,12 @@ class Distiller(keras.Model):
         self.weight_decay = float(weight_decay)
         self.nan_policy = nan_policy
         self.clip_grad_norm = float(clip_grad_norm)
-        self._student_net = _Tapped.of(student, method.student_taps, student_taps, "student")
+        self._student_net = TappedModel.of(student, method.student_taps, student_taps, "student")
         self._teacher_net = None
         if teacher is not None:
-            _check_logits_model(teacher, "teacher")
+            checks.check_logits_model(teacher, "teacher")
             teacher.trainable = False
-            self._teacher_net = _Tapped.of(teacher, method.teacher_taps, teacher_taps, "teacher")
+            self._teacher_net = TappedModel.of(teacher, method.teacher_taps, teacher_taps, "teacher")
             self._check_pair(student, teacher)
         self._image_shape = None
 
@@ -461,21 +158,21 @@ class Distiller(keras.Model):
         )
         if not self.method.built:
             self.method.build(spec)
-            _warn_if_oversized(self.method, self.student, spec)
+            checks.warn_if_oversized(self.method, self.student, spec)
         self._image_shape = image_shape
         names = self._output_names(spec)
-        self.term_trackers = {n: BatchMean(name=n) for n in names["losses"]}
+        self.term_trackers = {n: metrics.BatchMean(name=n) for n in names["losses"]}
         self.accuracy_trackers = {
-            n: BatchMean(name=n)
+            n: metrics.BatchMean(name=n)
             for n in ["accuracy"] + [f"{p}_accuracy" for p in names["logits"]]
         }
-        self.value_trackers = {n: BatchMean(name=n) for n in names["metrics"]}
-        self.loss_tracker = BatchMean(name="loss")
+        self.value_trackers = {n: metrics.BatchMean(name=n) for n in names["metrics"]}
+        self.loss_tracker = metrics.BatchMean(name="loss")
         self.skipped_tracker = (keras.metrics.Sum(name="skipped_batches")
                                 if self.nan_policy == "skip_batch" else None)
         # Validation reports the student's `ce`: one tracker per name, or Keras
         # reads the wrong one back.
-        self.val_ce_tracker = self.term_trackers.get("ce") or BatchMean(name="ce")
+        self.val_ce_tracker = self.term_trackers.get("ce") or metrics.BatchMean(name="ce")
 
     def _output_names(self, spec):
         """Names of the method's terms, extra predictions and metrics, read
@@ -704,7 +401,7 @@ class Distiller(keras.Model):
     def train_step(self, data):
         images, labels, index, strong_images = self._unpack(data, training=True)
         self._ensure_built(images)
-        _check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
+        checks.check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
         teacher = self._forward_teacher(images) if self._teacher_net else None
         variables = self.trainable_variables
         # What the forward pass itself updates (BatchNorm statistics, memory
@@ -729,9 +426,9 @@ class Distiller(keras.Model):
             self.optimizer.apply_gradients(zip(gradients, variables))
             self._synchronize_moving_statistics()
             return self._update_train_metrics(out, total, labels)
-        finite = _on_every_replica(_all_finite(
+        finite = distribute.on_every_replica(distribute.all_finite(
             [total, *out.losses.values(), *(g for g in gradients if g is not None)]))
-        _apply_if(finite, lambda: self.optimizer.apply_gradients(zip(gradients, variables)))
+        distribute.apply_if(finite, lambda: self.optimizer.apply_gradients(zip(gradients, variables)))
         for variable, before in zip(forward_state, state_before):
             variable.assign(ops.where(finite, variable, before))
         self._synchronize_moving_statistics()
@@ -827,7 +524,7 @@ class Distiller(keras.Model):
         """`keras.Model.fit`; with `nan_policy="stop"` it raises
         `NonFiniteLossError` after the first batch with a NaN or Inf loss."""
         if self.nan_policy == "stop":
-            callbacks = [*(callbacks or []), StopOnNonFiniteLoss()]
+            callbacks = [*(callbacks or []), callbacks_lib.StopOnNonFiniteLoss()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -- saving -----------------------------------------------------------

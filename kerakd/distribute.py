@@ -9,6 +9,7 @@ global batch, exactly as `tf.nn.compute_average_loss` would give.
 """
 
 import tensorflow as tf
+from keras import ops
 
 
 def num_replicas():
@@ -98,3 +99,41 @@ def synchronize_batchnorm(model):
     synchronized = keras.models.clone_model(model, clone_function=clone)
     synchronized.set_weights(model.get_weights())
     return synchronized
+
+
+def on_every_replica(flag):
+    """True if `flag` holds on every replica (the same value on each)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return flag
+    failing = context.all_reduce("SUM", 1 - ops.cast(flag, "int32"))  # no MIN op
+    return ops.equal(failing, 0)
+
+
+def apply_if(condition, apply):
+    """Runs `apply()` (an optimizer update) only if `condition`, a value
+    equal on every replica.
+
+    An update may sync replicas with `merge_call`, which a `cond` in replica
+    context cannot hold; the `cond` then runs in cross-replica context, as
+    Keras's `LossScaleOptimizer` does.
+    """
+    def update():
+        apply()  # `cond` branches must return alike: nothing
+
+    if num_replicas() == 1 or (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()):
+        ops.cond(condition, update, lambda: None)
+        return
+
+    def cross_replica(strategy, condition):
+        condition = strategy.experimental_local_results(condition)[0]
+        ops.cond(condition, lambda: strategy.extended.call_for_each_replica(update),
+                 lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
+def all_finite(tensors):
+    """True if every element of every tensor is finite."""
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in tensors]))

@@ -28,7 +28,7 @@ from kerakd import models
 from kerakd import taps
 from kerakd.data import AUGMENTATIONS
 from kerakd.data import sources
-from kerakd.distiller import NAN_POLICIES
+from kerakd.callbacks import NAN_POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

@@ -219,3 +219,57 @@ def tap_model(model, names, name=None):
         taps + outputs,
         name=name or f"{model.name}_tapped",
     )
+
+
+class TappedModel:
+    """A tapped network and its roles; a plain object, so Keras does not track
+    (and save) the tapped model twice: its layers are the network's own."""
+
+    def __init__(self, model, roles):
+        self.roles = roles  # {role: [layer name, ...]}
+        self.names = list(dict.fromkeys(n for names in roles.values() for n in names))
+        self.model = tap_model(model, self.names)
+
+    @classmethod
+    def of(cls, model, method_roles, override, side):
+        """Taps `model` where the method's roles (with a user override) point."""
+        roles = tap_roles(method_roles, override, side)
+        return cls(model, {r: resolve_taps(model, spec) for r, spec in roles.items()})
+
+    def __call__(self, images, training):
+        by_name, logits = self.features(images, training)
+        return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
+
+    def features(self, images, training):
+        """`({layer name: features}, logits)` of one forward pass."""
+        outputs = self.model(images, training=training)
+        *taps, logits = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return dict(zip(self.names, taps)), logits
+
+    def shapes(self, batch_size):
+        *taps, logits = self.model.outputs
+        by_name = {n: (batch_size, *t.shape[1:]) for n, t in zip(self.names, taps)}
+        roles = {r: [by_name[n] for n in names] for r, names in self.roles.items()}
+        return roles, (batch_size, *logits.shape[1:])
+
+
+def tap_roles(method_defaults, override, side):
+    """Merges a user's tap override into a method's `{role: spec}` defaults."""
+    roles = dict(method_defaults)
+    if override is None:
+        return roles
+    if not isinstance(override, dict):
+        if len(roles) != 1:
+            raise ValueError(
+                f"This method reads {side} taps in several roles {sorted(roles)}; "
+                f"pass {side}_taps as a dict {{role: [layer names]}}."
+            )
+        override = {next(iter(roles)): override}
+    unknown = set(override) - set(roles)
+    if unknown:
+        raise ValueError(
+            f"Unknown {side} tap role(s) {sorted(unknown)}; this method has "
+            f"{sorted(roles) or 'no ' + side + ' taps'}."
+        )
+    roles.update(override)
+    return roles

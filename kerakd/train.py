@@ -42,7 +42,7 @@ from kerakd import methods
 from kerakd import models
 from kerakd.data import sources as data_sources
 from kerakd.distiller import Distiller
-from kerakd.distiller import NonFiniteLossError
+from kerakd.callbacks import NonFiniteLossError
 from kerakd.progress import StepLines, console_verbosity
 from kerakd.distribute import synchronize_batchnorm
 

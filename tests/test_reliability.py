@@ -22,7 +22,7 @@ from conftest import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
 from kerakd import flags as kerakd_flags
 from kerakd import train
 from kerakd.data import sources
-from kerakd.distiller import NonFiniteLossError
+from kerakd.callbacks import NonFiniteLossError
 from reliability_run import FAULTY_METHODS
 
 HELPER = os.path.join(os.path.dirname(__file__), "reliability_run.py")
