@@ -223,14 +223,15 @@ def _quiet():
         yield
 
 
-def _interpreter(path):
-    """A TFLite interpreter: LiteRT's where installed, else tf.lite's."""
+def _interpreter(path, num_threads=None):
+    """A TFLite interpreter: LiteRT's where installed, else tf.lite's;
+    `num_threads` threads (default: the interpreter's own choice)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = tf.lite.Interpreter
     with _quiet():
-        return Interpreter(model_path=path)
+        return Interpreter(model_path=path, num_threads=num_threads)
 
 
 def _quantization(details):
