@@ -361,3 +361,12 @@ def test_config_round_trip(name):
 def test_bad_hyperparameters_are_named(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         kerakd.methods.get(name, **kwargs)
+
+
+def test_dkd_warmup_set_before_the_method_is_built_applies_at_build():
+    method = kerakd.methods.get("dkd", alpha=1.0, beta=8.0, warmup=20)
+    (callback,) = method.callbacks(log_dir=None, sample_images=None)
+    callback.on_epoch_begin(9)  # a plain fit: the first epoch begins before the build
+    build(method, [], [])
+    np.testing.assert_allclose([float(method.term_weights[n]) for n in ("tckd", "nckd")],
+                               [10 / 20, 80 / 20], rtol=1e-6)

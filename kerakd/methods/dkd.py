@@ -129,10 +129,13 @@ class DKD(Method):
         self.temperature = temperature
         self.warmup = warmup
         self.logit_standardization = bool(logit_standardization)
+        self._warmup_epoch = 1
 
     def build(self, spec):
         super().build(spec)
-        factor = warmup_factor(1, self.warmup)
+        # The epoch a callback set before the method was built (a `fit` builds
+        # the Distiller on its first batch, after `on_epoch_begin`).
+        factor = warmup_factor(self._warmup_epoch, self.warmup)
         self.tckd_weight = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(self.alpha * factor),
             trainable=False, name="tckd_weight", aggregation="only_first_replica",
@@ -149,6 +152,9 @@ class DKD(Method):
 
     def set_warmup_epoch(self, epoch):
         """Sets the term weights for the 1-based `epoch` of the ramp."""
+        self._warmup_epoch = epoch
+        if not self.built:
+            return  # build starts from it
         factor = warmup_factor(epoch, self.warmup)
         self.tckd_weight.assign(self.alpha * factor)
         self.nckd_weight.assign(self.beta * factor)
