@@ -323,7 +323,7 @@ def test_a_tiny_ctkd_run_from_the_command_line(tmp_path):
         ["--method=ctkd", f"--teacher={teacher_dir / 'student.keras'}", *tiny,
          "--ctkd_host=dkd", "--ctkd_dkd_beta=4", "--ctkd_decay_epochs=2",
          f"--model_dir={tmp_path / 'ctkd'}"])
-    assert results["flags"]["ctkd_dkd_beta"] == "4"
+    assert results["flags"]["ctkd_dkd_beta"] == 4.0
     lambdas = [epoch["lambda"] for epoch in results["history"]]
     np.testing.assert_allclose(lambdas, [curriculum_lambda(1, 2), curriculum_lambda(2, 2)],
                                rtol=1e-6)
