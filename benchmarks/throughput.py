@@ -303,7 +303,7 @@ def input_wait(distiller, dataset, batch_size):
     }
 
 
-def pipeline_for(pair, with_index):
+def pipeline_for(pair, with_index, views=("weak",)):
     """kerakd's training pipeline (standard augmentation, prefetch) over random
     images in memory, with the pair's dataset's shape and normalisation (as
     the Fashion-MNIST source reads its IDX files into memory)."""
@@ -312,7 +312,7 @@ def pipeline_for(pair, with_index):
              rng.integers(0, pair.num_classes, PIPELINE_EXAMPLES))
     source = sources.ArraySource(pair.dataset, split, split, pair.num_classes)
     return pipeline.training_dataset(source, pair.batch_size, with_index=with_index,
-                                     repeat=True, seed=0)
+                                     views=views, repeat=True, seed=0)
 
 
 def build_configs(pair, method_names, teacher, batch):
@@ -334,8 +334,13 @@ def build_configs(pair, method_names, teacher, batch):
     for name in method_names:
         gc.collect()
         method = make_method(name)
-        inputs = ({"images": images, "index": batch["index"]}
-                  if method.needs_index else images)
+        inputs = {"images": images}
+        if method.needs_index:
+            inputs["index"] = batch["index"]
+        if method.needs_strong_view:  # mlkd: the second, strongly augmented view
+            inputs["strong_images"] = batch["strong_images"]
+        if len(inputs) == 1:
+            inputs = images
         try:
             distillers[name] = make_distiller(pair, method, teacher)
             configs[name] = warmed_up(lambda: training(distillers[name], inputs, labels))
@@ -362,8 +367,9 @@ def benchmark_pair(pair, method_names):
     """All measurements of one pair; see the module docstring."""
     keras.utils.set_random_seed(0)
     teacher = kerakd.models.get(pair.teacher, pair.num_classes, pair.image_shape)
-    inputs, labels = next(iter(pipeline_for(pair, with_index=True)))
-    batch = {"images": inputs["images"], "index": inputs["index"], "labels": labels}
+    inputs, labels = next(iter(pipeline_for(pair, with_index=True, views=("weak", "strong"))))
+    batch = {"images": inputs["images"], "index": inputs["index"],
+             "strong_images": inputs["strong_images"], "labels": labels}
     configs, distillers, skipped = build_configs(pair, method_names, teacher, batch)
     medians = interleaved_medians({name: c.step for name, c in configs.items()})
     results = {name: measured(configs[name], seconds, pair.batch_size)
@@ -385,7 +391,9 @@ def benchmark_pair(pair, method_names):
         iter(distillers), None)
     if input_method:
         method = distillers[input_method].method
-        dataset = pipeline_for(pair, with_index=method.needs_index)
+        dataset = pipeline_for(pair, with_index=method.needs_index,
+                               views=("weak", "strong") if method.needs_strong_view
+                               else ("weak",))
         result["input"] = {"method": input_method, **input_wait(
             distillers[input_method], dataset, pair.batch_size)}
     return result

@@ -751,7 +751,7 @@ def train(flag_values):
                 "its teacher. The student is not saved; fix the method."
             )
         models.core_keras(student).save(os.path.join(model_dir, "student.keras"))
-        results = _write_results(model_dir, fv, progress.state, resume_epoch)
+        results = _write_results(model_dir, fv, progress.state, resume_epoch, info)
     finally:
         keras.config.set_dtype_policy(previous_policy)
         release_lock(model_dir, lock)
@@ -761,7 +761,17 @@ def train(flag_values):
     return results
 
 
-def _write_results(model_dir, flag_values, state, resume_epoch):
+def _student_input(info):
+    """What `student.keras` reads, for results.json: raw pixels give chance accuracy."""
+    return {
+        "shape": list(info.image_shape),
+        "normalisation": "(x / 255 - mean) / std per channel, x the 0-255 pixels",
+        "mean": [float(m) for m in info.mean],
+        "std": [float(s) for s in info.std],
+    }
+
+
+def _write_results(model_dir, flag_values, state, resume_epoch, info):
     """Writes `results.json` of a finished run from its progress; returns it."""
     results = {
         "final_accuracy": state["final_accuracy"],
@@ -773,6 +783,7 @@ def _write_results(model_dir, flag_values, state, resume_epoch):
         "final_metrics": state["final_metrics"],
         "history": state["history"],
         "flags": kerakd_flags.flag_dict(flag_values),
+        "student_input": _student_input(info),
     }
     _write_json(os.path.join(model_dir, RESULTS), results)
     return results

@@ -85,8 +85,8 @@ def mirrored_step(name, hparams, images, labels, index, initial, sync_batchnorm=
     return distiller, {k: v[0] for k, v in logs.items()}
 
 
-def half_steps(name, hparams, images, labels, index, initial):
-    distiller = build(name, hparams)
+def half_steps(distiller, images, labels, index, initial):
+    """`distiller` (single-device, built) stepping on each half, from `initial`."""
     distiller.set_weights(initial)
     variables = distiller.trainable_variables
     start = [v.numpy() for v in variables]
@@ -135,7 +135,8 @@ def compare(name):
     initial = initial_distiller.get_weights()
 
     mirrored, logs = mirrored_step(name, hparams, images, labels, index, initial)
-    reference, updated, averaged = half_steps(name, hparams, images, labels, index, initial)
+    # The distiller `initial` came from serves as the reference: one build less.
+    reference, updated, averaged = half_steps(initial_distiller, images, labels, index, initial)
     # Both distillers are built identically, so their variables align in order.
     weight_diff = max(
         float(np.max(np.abs(v.numpy() - w)))

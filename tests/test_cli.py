@@ -66,6 +66,10 @@ def test_kd_run_writes_models_logs_and_results(teacher_file, tmp_path):
     assert results["wall_time_s"] > 0
     assert results["flags"]["kd_temperature"] == 2.0
     assert "fitnet_hint_weight" not in results["flags"]  # only the chosen method's
+    # What the saved student reads, so that nobody feeds it raw pixels.
+    student_input = results["student_input"]
+    assert student_input["shape"] == [16, 16, 3] and len(student_input["std"]) == 3
+    assert student_input["normalisation"].startswith("(x / 255 - mean) / std")
 
     train_scalars = scalars(tmp_path / "logs" / "train")
     for tag in ("epoch_loss", "epoch_ce", "epoch_kd", "epoch_accuracy",
