@@ -12,6 +12,7 @@ from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.ctkd import CTKD, curriculum_lambda, gradient_reversal
 
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
+from reference import np_ce, np_dkd, np_kd, np_log_softmax, np_standardize
 
 B, K = 8, 5
 LABELS = np.array([0, 1, 2, 3, 4, 0, 1, 2])
@@ -34,41 +35,6 @@ def step(z_s, z_t, labels=LABELS):
 
 
 # -- float64 NumPy references ---------------------------------------------------
-
-def np_log_softmax(z):
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
-def np_kd(z_s, z_t, t):
-    """T^2 * mean_b KL(softmax(z_t / T) || softmax(z_s / T))."""
-    log_p_t = np_log_softmax(np.float64(z_t) / t)
-    log_p_s = np_log_softmax(np.float64(z_s) / t)
-    return t * t * np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), 1))
-
-
-def np_ce(z, y):
-    return -np.mean(np_log_softmax(np.float64(z))[np.arange(len(y)), y])
-
-
-def np_dkd(z_s, z_t, y, t):
-    """TCKD and NCKD: KL of the (target, rest) split and of the non-target classes."""
-    z_s, z_t = np.float64(z_s), np.float64(z_t)
-    target = np.eye(z_s.shape[1], dtype=bool)[y]
-    p_s, p_t = np.exp(np_log_softmax(z_s / t)), np.exp(np_log_softmax(z_t / t))
-    b_s = np.stack([p_s[target], 1 - p_s[target]], 1)
-    b_t = np.stack([p_t[target], 1 - p_t[target]], 1)
-    tckd = t * t * np.mean(np.sum(b_t * np.log(b_t / b_s), 1))
-    rest_s = z_s[~target].reshape(len(y), -1) / t
-    rest_t = z_t[~target].reshape(len(y), -1) / t
-    q_t, log_q_s = np.exp(np_log_softmax(rest_t)), np_log_softmax(rest_s)
-    nckd = t * t * np.mean(np.sum(q_t * (np_log_softmax(rest_t) - log_q_s), 1))
-    return tckd, nckd
-
-
-def np_standardize(z):
-    z = np.float64(z)
-    return (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + 1e-7)
 
 
 def np_temperature(theta, t_start=1.0, t_range=20.0):

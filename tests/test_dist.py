@@ -19,6 +19,7 @@ from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.dist import dist_losses, pearson_correlation
 
 from conftest import make_dataset
+from reference import np_ce, np_softmax
 
 B, K, TAU = 4, 5, 4.0
 HERE = os.path.dirname(__file__)
@@ -30,10 +31,6 @@ def logits(*shape, seed=0, scale=3.0):
 
 
 # -- NumPy reference (float64) ----------------------------------------------
-
-def np_softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def np_rho(a, b):
@@ -48,13 +45,6 @@ def np_dist(z_s, z_t, tau=TAU):
     inter = tau**2 * (1 - np_rho(y_s, y_t).mean())
     intra = tau**2 * (1 - np_rho(y_s.T, y_t.T).mean())
     return inter, intra
-
-
-def np_ce(z, y):
-    z = z.astype("float64")
-    log_p = z - z.max(1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
-    return -log_p[np.arange(len(y)), y].mean()
 
 
 def np_objective(z_s, z_t, y, ce_weight=1.0, kd_weight=2.0, beta=1.0, gamma=1.0, tau=TAU):

@@ -7,26 +7,8 @@ import tensorflow as tf
 
 import kerakd
 from kerakd import losses
-from test_baselines import B, K, build, features, np_dkd, step
-
-
-def np_standardize(z):
-    z = z.astype("float64")
-    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
-
-
-def np_log_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def np_kd(z_s, z_t, t):
-    log_p_s, log_p_t = np_log_softmax(z_s / t), np_log_softmax(z_t / t)
-    return t * t * np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), -1))
-
-
-def np_ce(z, y):
-    return -np.mean(np_log_softmax(z.astype("float64"))[np.arange(len(y)), y])
+from reference import np_ce, np_dkd, np_kd, np_standardize
+from test_baselines import B, K, build, features, step
 
 
 def test_standardize_divides_by_the_unbiased_deviation():

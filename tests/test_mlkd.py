@@ -11,6 +11,7 @@ from kerakd import train
 from kerakd.data import augment, pipeline, rand_augment, sources
 from kerakd.methods import mlkd
 from kerakd.methods.base import StepData, TapSpec
+from reference import np_ce, np_log_softmax, np_softmax, np_standardize
 
 B, K = 6, 5
 REFERENCE_TEMPERATURES = (4.0, 3.0, 5.0, 2.0, 6.0)
@@ -26,17 +27,6 @@ STRONG = np.full((B, 4, 4, 3), 7.0, "float32")  # stands for the strong images
 
 
 # -- NumPy reference -----------------------------------------------------------
-
-def np_softmax(z, t=1.0):
-    z = np.asarray(z, "float64") / t
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def np_log_softmax(z, t=1.0):
-    z = np.asarray(z, "float64") / t
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 def np_kd_rows(s, t, temperature):
@@ -62,15 +52,6 @@ def np_bc(s, t, temperature, keep=None):
     if keep is None:
         return error.sum() / p_s.shape[0]
     return error[np.ix_(keep, keep)].sum() / keep.sum()
-
-
-def np_ce(s, y):
-    return -np_log_softmax(s)[np.arange(len(y)), y].mean()
-
-
-def np_standardize(z):
-    z = np.asarray(z, "float64")
-    return (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + 1e-7)
 
 
 def np_masks(t_w):
