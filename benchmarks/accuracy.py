@@ -50,6 +50,7 @@ from kerakd import data  # noqa: E402
 from kerakd import flags as kerakd_flags  # noqa: E402
 from kerakd import methods  # noqa: E402
 from kerakd import train  # noqa: E402
+from markdown_block import replace_block  # noqa: E402
 from kerakd.callbacks import NonFiniteLossError  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -488,13 +489,7 @@ def markdown_block(run, figures):
 def update_markdown(path, block):
     """Replaces the generated block of the Accuracy section of `path` (text
     written around it stays), or appends the section (creating the file)."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if BLOCK.search(text):
-        text = BLOCK.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + f"\n\n## {SECTION}\n\n{block}\n"
-    with open(path, "w") as file:
-        file.write(text.rstrip("\n") + "\n")
+    replace_block(path, BLOCK, SECTION, block)
 
 
 def plot_bars(run, path):

@@ -67,6 +67,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from kerakd import data  # noqa: E402
 from kerakd import export  # noqa: E402
+from markdown_block import replace_block  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMITTED_TEACHER = os.path.join(HERE, "teachers", "resnet20_fashion_mnist.keras")
@@ -569,13 +570,7 @@ def markdown_block(run, figure):
 def update_markdown(path, block):
     """Replaces the Deployment block of `path` (text around it stays), or
     appends the section with it (creating the file)."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if BLOCK.search(text):
-        text = BLOCK.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + f"\n\n## {SECTION}\n\n{block}\n"
-    with open(path, "w") as file:
-        file.write(text.rstrip("\n") + "\n")
+    replace_block(path, BLOCK, SECTION, block)
 
 
 def plot(run, path):
