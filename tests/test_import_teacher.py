@@ -1,7 +1,7 @@
 """Importing PyTorch teachers (`kerakd.models.from_pytorch`, `kerakd-import-teacher`).
 
 Each zoo family is checked against a PyTorch definition of its reference
-architecture (tests/torch_reference_models.py) with random weights and
+architecture (kerakd/torch_reference.py) with random weights and
 randomised BatchNorm statistics, saved in RepDistiller's checkpoint format:
 the converted model must give the same stage outputs and logits in inference
 mode (max error <= 1e-4 x max(1, |z|)) and the same argmax on 32 images.
@@ -17,10 +17,10 @@ import keras
 import numpy as np
 import pytest
 import torch
-import torch_reference_models as ref
 
 import kerakd
 from kerakd import flags as kerakd_flags
+from kerakd import torch_reference as ref
 from kerakd.data.sources import NORMALISATION, DatasetInfo
 from kerakd.models import pytorch_import
 from kerakd.models.pytorch_import import CheckpointMismatchError

@@ -1,12 +1,18 @@
-"""PyTorch definitions of the reference architectures kerakd imports teachers from.
+"""PyTorch definitions of the reference architectures of kerakd's zoo.
 
-Written for kerakd's tests after the published structure and state_dict key
-names of RepDistiller/mdistiller (`models/resnet.py`, `resnetv2.py`,
-`wrn.py`, `vgg.py`, `mobilenetv2.py`, `ShuffleNetv1.py`, `ShuffleNetv2.py`)
-and torchvision (`models/resnet.py`); see docs/teachers.md. Only inference
-matters here: no initialization schemes, no dropout, no `is_feat` switch.
-Every `forward` returns `(taps, logits)`, `taps` an ordered dict from the
-zoo's tap names (`stage1..N`, `pool`) to the matching NCHW tensors.
+Written after the published structure and state_dict key names of
+RepDistiller/mdistiller (`models/resnet.py`, `resnetv2.py`, `wrn.py`,
+`vgg.py`, `mobilenetv2.py`, `ShuffleNetv1.py`, `ShuffleNetv2.py`) and
+torchvision (`models/resnet.py`); see docs/teachers.md. Two users: the
+teacher-import tests (tests/test_import_teacher.py: a converted checkpoint
+must give these models' outputs) and the PyTorch anchor of
+benchmarks/throughput.py (their training step, timed against kerakd's). No
+initialization schemes, no dropout, no `is_feat` switch. Every `forward`
+returns `(taps, logits)`, `taps` an ordered dict from the zoo's tap names
+(`stage1..N`, `pool`) to the matching NCHW tensors.
+
+This module imports torch (the `torch` extra): kerakd itself never imports
+it; import it only where torch is installed.
 
 `build(zoo_name, num_classes, image_size)` makes the reference of a zoo name.
 """
