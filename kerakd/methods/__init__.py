@@ -1,48 +1,41 @@
 """Distillation methods, by name.
 
+Every method module is imported below, so importing `kerakd` registers all
+of them; `get`, `register`, `available` and `registry` (the `Registry` of
+method classes) come from `kerakd.methods.registry`. A new method's module
+joins the list below; `tests/test_methods_layout.py` checks that none is
+missing, and that no module of this package imports the package itself (it
+is half-initialised while they load).
+
 >>> kerakd.methods.available()
 >>> method = kerakd.methods.get("kd", temperature=4)
 >>> both = kerakd.methods.get("fitnet+crd", crd={"num_data": 50000})
 """
 
-import keras
-
-from kerakd.registry import Registry
-
-registry = Registry("method")
-available = registry.available
-
-
-def get(name, **kwargs):
-    """A method by registered name, or a composition of several.
-
-    Args:
-        name: a registered name (`"kd"`), or several joined by `+`
-            (`"fitnet+crd"`) or listed (`["fitnet", "crd"]`), which return a
-            `kerakd.methods.compose.Compose` summing their terms.
-        **kwargs: the method's hyperparameters; for a composition,
-            `{name: {hyperparameter: value}}` per method.
-    """
-    names = name.split("+") if isinstance(name, str) else list(name)
-    if len(names) == 1:
-        return registry.get(names[0].strip(), **kwargs)
-    return compose.Compose.from_names(names, **kwargs)
-
-
-def register(name):
-    """Registers a `Method` subclass under `name` (and with Keras saving)."""
-
-    def decorator(cls):
-        cls = keras.saving.register_keras_serializable(package="kerakd")(cls)
-        return registry.register(name)(cls)
-
-    return decorator
-
-
-from kerakd.methods.base import Method, MethodOutput, StepData, TapSpec  # noqa: E402,F401
-from kerakd.registry import import_submodules  # noqa: E402
+from kerakd.methods.registry import available, get, register, registry  # noqa: F401
+from kerakd.methods.base import Method, MethodOutput, StepData, TapSpec  # noqa: F401
 
 # Each module registers its methods when imported.
-import_submodules(__name__, __path__)
-
-from kerakd.methods import compose  # noqa: E402
+from kerakd.methods import (  # noqa: F401
+    afd,
+    aid,
+    at,
+    compose,
+    crd,
+    ctkd,
+    dist,
+    dkd,
+    feature_ops,
+    fitnet,
+    frskd,
+    kd,
+    lfma,
+    logit_standardization,
+    mlkd,
+    pkt,
+    plain,
+    rkd,
+    semckd,
+    sp,
+    vid,
+)

@@ -8,9 +8,9 @@ from keras import ops
 
 from kerakd import link_matrix
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
+from kerakd.methods.registry import register
 from kerakd.models import layers as zoo_layers
 from kerakd.nn import initializers
 from kerakd.nn import layers as nn_layers
@@ -31,7 +31,7 @@ def _values(features, size):
     return ops.normalize(ops.reshape(energy, (ops.shape(f)[0], -1)), epsilon=1e-12)
 
 
-@methods.register("afd")
+@register("afd")
 class AFD(Method):
     """`ce_weight * CE + kd_weight * KD_T + afd_weight * L_AFD` (docs/methods/afd.md).
 

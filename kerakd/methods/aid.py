@@ -9,9 +9,9 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 
 
@@ -56,7 +56,7 @@ def cosine_matrix(rows, columns):
     return ops.matmul(unit(rows), ops.transpose(unit(columns)))
 
 
-@methods.register("aid")
+@register("aid")
 class AID(Method):
     """AID: branches on the student's middle stages matched to the teacher (`docs/methods/aid.md`).
 

@@ -1,9 +1,9 @@
 """`at`: Zagoruyko & Komodakis, "Paying More Attention to Attention" (ICLR 2017)."""
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_paired_taps
 from kerakd.methods.feature_ops import adaptive_average_pool
+from kerakd.methods.registry import register
 
 
 def _check_sizes(i, student, teacher):
@@ -50,7 +50,7 @@ def pool_to_smaller(student_features, teacher_features):
     return student_features, adaptive_average_pool(teacher_features, s)
 
 
-@methods.register("at")
+@register("at")
 class AT(Method):
     """`ce_weight * CE + at_weight * sum_pairs AT(f_s, f_t)` with p = 2.
 

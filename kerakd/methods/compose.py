@@ -5,8 +5,8 @@ import inspect
 
 import keras
 
-from kerakd import methods as methods_lib
 from kerakd.methods.base import Method, MethodOutput
+from kerakd.methods.registry import registry
 
 # The one term every method computes identically: the cross-entropy of the
 # student's logits on the labels (`Method`'s contract for a term named `ce`).
@@ -124,7 +124,7 @@ class Compose(Method):
                 f"Hyperparameters for {sorted(unknown)}, which are not in the "
                 f"composition {names}. Pass them as {{method name: {{arg: value}}}}."
             )
-        return cls([methods_lib.registry.factory(n)(name=n, **kwargs.get(n, {})) for n in names])
+        return cls([registry.factory(n)(name=n, **kwargs.get(n, {})) for n in names])
 
     def _view(self, by_role, method, side):
         roles = getattr(method, f"{side}_taps")

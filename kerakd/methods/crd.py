@@ -7,10 +7,10 @@ import tensorflow as tf
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import (
     Method, MethodOutput, check_non_negative, check_one_pair, check_positive)
 from kerakd.methods.feature_ops import l2_normalize
+from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 
 # RepDistiller's `eps` in `ContrastLoss`.
@@ -80,7 +80,7 @@ def _all_replicas(x):
     return context.all_gather(x, axis=0)
 
 
-@methods.register("crd")
+@register("crd")
 class CRD(Method):
     """`ce_weight * CE + kd_weight * KD_T + crd_weight * (L_s + L_t)`.
 

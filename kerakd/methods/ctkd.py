@@ -6,10 +6,10 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.dkd import dkd_losses
+from kerakd.methods.registry import register
 
 HOSTS = ("kd", "dkd")
 # The weights each host reads; the other host's must stay unset.
@@ -68,7 +68,7 @@ class CurriculumLambda(keras.callbacks.Callback):
         self.method.set_curriculum_epoch(epoch + 1)
 
 
-@methods.register("ctkd")
+@register("ctkd")
 class CTKD(Method):
     """A host logit loss at a learned temperature that plays against the student.
 

@@ -3,8 +3,8 @@
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 
 
 def pearson_correlation(a, b, axis=-1, epsilon=1e-8):
@@ -69,7 +69,7 @@ def dist_losses(student_logits, teacher_logits, temperature=4.0):
             row_correlation)
 
 
-@methods.register("dist")
+@register("dist")
 class DIST(Method):
     """`ce_weight * CE + kd_weight * (beta * inter + gamma * intra)` (docs/methods/dist.md).
 

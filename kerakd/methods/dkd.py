@@ -4,9 +4,9 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 
 # Subtracted from the target logit / T to drop it from a softmax, as in
 # mdistiller (exp(-1000) is exactly 0 in float32).
@@ -82,7 +82,7 @@ class DKDWarmup(keras.callbacks.Callback):
         self.method.set_warmup_epoch(epoch + 1)
 
 
-@methods.register("dkd")
+@register("dkd")
 class DKD(Method):
     """`ce_weight * CE + w(epoch) * (alpha * TCKD + beta * NCKD)` (mdistiller).
 

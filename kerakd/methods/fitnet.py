@@ -4,13 +4,13 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative
+from kerakd.methods.registry import register
 from kerakd.models import layers as zoo_layers
 from kerakd.nn import layers as nn_layers
 
 
-@methods.register("fitnet")
+@register("fitnet")
 class FitNet(Method):
     """`ce_weight * CE + hint_weight * MSE(r(f_s), f_t)` on one mid-level pair.
 

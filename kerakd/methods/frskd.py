@@ -4,13 +4,13 @@ Self-Knowledge Distillation" (CVPR 2021)."""
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.attention_maps import AttentionMapImages
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.bifpn import bifpnc
+from kerakd.methods.registry import register
 
 
-@methods.register("frskd")
+@register("frskd")
 class FRSKD(Method):
     """Self-distillation from a BiFPNc self-teacher built on the student's stages.
 

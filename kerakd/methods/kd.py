@@ -1,12 +1,12 @@
 """`kd`: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015)."""
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 
 
-@methods.register("kd")
+@register("kd")
 class KD(Method):
     """`ce_weight * CE(z_s, y) + kd_weight * KD_T(z_s, z_t)` (docs/methods/kd.md).
 

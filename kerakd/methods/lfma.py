@@ -11,9 +11,9 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 from kerakd.taps import resolve_taps
 
@@ -77,7 +77,7 @@ def ensemble_logits(head_logits, temperature):
     return temperature * log_mean
 
 
-@methods.register("lfma")
+@register("lfma")
 class LFMA(Method):
     """LFMA: stage heads, Feature Map Cutout and a detached ensemble teacher.
 
@@ -297,7 +297,7 @@ class LFMA(Method):
         return config
 
 
-@methods.register("dsn")
+@register("dsn")
 class DSN(LFMA):
     """Deep supervision: stage heads trained by cross-entropy only (docs/methods/dsn.md).
 

@@ -3,9 +3,9 @@
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.registry import register
 
 TEMPERATURES = (4.0, 3.0, 5.0, 2.0, 6.0)
 # The strong-view KD sum of the reference evaluates its first three
@@ -101,7 +101,7 @@ def batch_consistency(student_logits, teacher_logits, temperature, example_mask=
                                  ops.matmul(p_s, ops.transpose(p_s)), example_mask)
 
 
-@methods.register("mlkd")
+@register("mlkd")
 class MLKD(Method):
     """Multi-level logit distillation on a weak and a strong view (docs/methods/mlkd.md).
 

@@ -4,9 +4,9 @@ Knowledge Transfer" (ECCV 2018)."""
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_one_pair
 from kerakd.methods.feature_ops import cosine_similarity_matrix
+from kerakd.methods.registry import register
 
 
 def _kernel(features):
@@ -33,7 +33,7 @@ def pkt_loss(student_features, teacher_features, epsilon=1e-7):
     return ops.cast(ops.mean(q_t * ops.log((q_t + epsilon) / (q_s + epsilon))), "float32")
 
 
-@methods.register("pkt")
+@register("pkt")
 class PKT(Method):
     """`ce_weight * CE + pkt_weight * PKT(f_s, f_t)` on penultimate embeddings.
 

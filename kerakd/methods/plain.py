@@ -1,11 +1,11 @@
 """`none`: plain cross-entropy training (also how teachers are trained)."""
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput
+from kerakd.methods.registry import register
 
 
-@methods.register("none")
+@register("none")
 class Plain(Method):
     """Cross-entropy on the labels, no teacher.
 

@@ -4,9 +4,9 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_one_pair
 from kerakd.methods.feature_ops import cosine_similarity_matrix, pairwise_distances
+from kerakd.methods.registry import register
 
 
 def _flat_f32(x):
@@ -39,7 +39,7 @@ def rkd_angle_loss(student, teacher):
     return keras.losses.huber(ops.reshape(t, (-1,)), ops.reshape(s, (-1,)), delta=1.0)
 
 
-@methods.register("rkd")
+@register("rkd")
 class RKD(Method):
     """`ce_weight * CE + distance_weight * L_d + angle_weight * L_a`.
 

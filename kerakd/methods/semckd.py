@@ -5,9 +5,9 @@ from keras import ops
 
 from kerakd import link_matrix
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
+from kerakd.methods.registry import register
 from kerakd.models import layers as zoo_layers
 from kerakd.nn import layers as nn_layers
 
@@ -69,7 +69,7 @@ def _association_mean(attention, values):
     return ops.sum(attention * values) / float(batch * student_taps)
 
 
-@methods.register("semckd")
+@register("semckd")
 class SemCKD(Method):
     """`ce_weight * CE + kd_weight * KD_T + semckd_weight * L_SemCKD` (docs/methods/semckd.md).
 

@@ -3,9 +3,9 @@
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import Method, MethodOutput, check_non_negative
 from kerakd.methods.feature_ops import l2_normalize
+from kerakd.methods.registry import register
 
 
 def _similarity(features):
@@ -27,7 +27,7 @@ def sp_loss(student_features, teacher_features):
     return ops.sum(ops.square(g_t - g_s)) / (batch * batch)
 
 
-@methods.register("sp")
+@register("sp")
 class SP(Method):
     """`ce_weight * CE + sp_weight * sum_pairs SP(f_s, f_t)` (docs/methods/sp.md).
 

@@ -7,10 +7,10 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd import methods
 from kerakd.methods.base import (
     Method, MethodOutput, check_non_negative, check_paired_taps, check_positive,
 )
+from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 
 
@@ -51,7 +51,7 @@ def vid_loss(mean, target, log_scale, min_variance=1e-5):
     return ops.mean(0.5 * (ops.square(error) / variance + ops.log(variance)))
 
 
-@methods.register("vid")
+@register("vid")
 class VID(Method):
     """`ce_weight * CE + vid_weight * sum_pairs VID(f_s, f_t)`.
 
