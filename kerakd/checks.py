@@ -10,6 +10,7 @@ import weakref
 import keras
 import tensorflow as tf
 
+from kerakd import compat
 from kerakd import methods as methods_lib
 from kerakd.taps import check_tappable
 
@@ -58,7 +59,7 @@ def _output_operation(model):
     """The layer (or op) that makes `model`'s output, looked for inside nested
     functional or Sequential models; None if the graph does not tell."""
     try:
-        operation = model.outputs[0]._keras_history.operation
+        operation = compat.output_operation(model.outputs[0])
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     if isinstance(operation, keras.Model) and operation is not model:

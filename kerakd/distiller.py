@@ -6,6 +6,7 @@ from keras import ops
 
 from kerakd import callbacks as callbacks_lib
 from kerakd import checks
+from kerakd import compat
 from kerakd import distribute
 from kerakd import losses
 from kerakd import methods as methods_lib
@@ -206,12 +207,12 @@ class Distiller(keras.Model):
         return names
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras all-reduces a whole distributed batch to read its shapes,
-        # which fails under MultiWorkerMirroredStrategy; the first local
-        # replica's share has the shapes a Distiller is built from (the
-        # per-replica batch).
-        if iterator is not None and self._distribute_strategy is not None:
-            strategy = self._distribute_strategy
+        # A private Keras hook (compat.SYMBOLIC_BUILD_HOOK). Keras all-reduces
+        # a whole distributed batch to read its shapes, which fails under
+        # MultiWorkerMirroredStrategy; the first local replica's share has
+        # the shapes a Distiller is built from (the per-replica batch).
+        strategy = compat.creation_strategy(self)
+        if iterator is not None and strategy is not None:
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
                     lambda v: strategy.experimental_local_results(v)[0]
@@ -495,15 +496,16 @@ class Distiller(keras.Model):
         )
 
     def _update_compile_metrics(self, labels, logits, weight=None):
-        if self._compile_metrics is not None:
+        compiled = compat.compile_metrics(self)
+        if compiled is not None:
             if weight is not None:
                 weight = weight * ops.ones_like(logits[:, 0])
-            self._compile_metrics.update_state(losses.hard_labels(labels), logits, weight)
+            compiled.update_state(losses.hard_labels(labels), logits, weight)
 
     def _results(self, trackers):
         results = {m.name: m.result() for m in trackers}
-        if self._compile_metrics is not None:
-            results.update(self._compile_metrics.result())
+        if compat.compile_metrics(self) is not None:
+            results.update(compat.compile_metrics(self).result())
         return distribute.step_results(results)
 
     @property
@@ -517,7 +519,7 @@ class Distiller(keras.Model):
             *self.accuracy_trackers.values(),
             *self.value_trackers.values(),
             *([self.skipped_tracker] if self.skipped_tracker else []),
-            *([self._compile_metrics] if self._compile_metrics is not None else []),
+            *([compat.compile_metrics(self)] if compat.compile_metrics(self) is not None else []),
         ]
 
     def fit(self, *args, callbacks=None, **kwargs):

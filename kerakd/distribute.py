@@ -11,6 +11,8 @@ global batch, exactly as `tf.nn.compute_average_loss` would give.
 import tensorflow as tf
 from keras import ops
 
+from kerakd import compat
+
 
 def num_replicas():
     """Replicas in sync in the current strategy (1 outside any strategy)."""
@@ -52,7 +54,7 @@ def is_multi_worker():
     strategy = tf.distribute.get_strategy()
     return isinstance(
         strategy, tf.distribute.experimental.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
+    ) and compat.in_multi_worker_mode(strategy)
 
 
 def step_results(results):
@@ -122,7 +124,7 @@ def apply_if(condition, apply):
         apply()  # `cond` branches must return alike: nothing
 
     if num_replicas() == 1 or (
-            tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            compat.strategy_supports_no_merge_call()):
         ops.cond(condition, update, lambda: None)
         return
 

@@ -52,6 +52,8 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+from kerakd import compat
+
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
 FLOAT_FORMATS = ("saved_model", "tflite", "onnx")
 PATHS = {
@@ -124,7 +126,7 @@ def _statistics(normalisation):
 def _float32(model):
     """`model` with float32 layers: a mixed-precision student exports as float32."""
     if all(getattr(layer.dtype_policy, "name", "float32") == "float32"
-           for layer in model._flatten_layers(include_self=False)):
+           for layer in compat.all_layers(model)):
         return model
 
     def clone(layer):

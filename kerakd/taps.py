@@ -29,6 +29,8 @@ import re
 
 import keras
 
+from kerakd import compat
+
 TAP_KINDS = {
     "stages": re.compile(r"^stage(\d+)$"),
     "blocks": re.compile(r"^block(\d+)$"),
@@ -45,8 +47,8 @@ def _graph(layer):
     pass. Subclassed models, unbuilt Sequentials and plain layers have none.
     """
     if isinstance(layer, keras.Sequential):
-        return getattr(layer, "_functional", None)
-    if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+        return compat.sequential_graph(layer)
+    if isinstance(layer, keras.Model) and compat.is_functional(layer):
         return layer
     return None
 
@@ -204,7 +206,7 @@ def tap_model(model, names, name=None):
 
             return call
 
-        return graph_model._run_through_graph(inputs, operation_fn=operation_fn)
+        return compat.run_through_graph(graph_model, inputs, operation_fn)
 
     graph = _graph(model)
     inputs = [

@@ -10,6 +10,7 @@ import math
 import keras
 from keras import ops
 
+from kerakd import compat
 from kerakd import losses
 from kerakd.methods import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
@@ -228,7 +229,7 @@ class LFMA(Method):
             return call
 
         inputs = keras.Input(batch_shape=student.inputs[0].shape, name=student.inputs[0].name)
-        outputs = student._run_through_graph(inputs, operation_fn=operation_fn)
+        outputs = compat.run_through_graph(student, inputs, operation_fn)
         self._use_prepared_taps([f"{n}_fmc" if n in cutouts else n for n in names])
         return keras.Model(inputs, outputs, name=student.name)
 
