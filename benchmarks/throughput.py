@@ -1,8 +1,17 @@
-"""Step throughput of kerakd's distillation methods, against their parts and
-against `keras.distillation`.
+"""Step throughput of kerakd's distillation methods, against their parts,
+against `keras.distillation`, and of kerakd's student step against PyTorch's.
 
-    python benchmarks/throughput.py                          # both pairs, all methods
+    python benchmarks/throughput.py                 # anchor, both pairs, all methods
     python benchmarks/throughput.py --pairs=fmnist --methods=kd,fitnet,at
+    python benchmarks/throughput.py --pairs= --steps=20   # the PyTorch anchor alone
+
+The PyTorch anchor (`--anchor_models`, default resnet8x4, wrn_16_2,
+resnet18_cifar; empty to skip it): the student training step (cross-entropy,
+SGD with momentum 0.9, batch 64 of 32x32x3 images, 100 classes) of each zoo
+model as kerakd's `Distiller(student, "none")` and as its PyTorch reference
+architecture (`kerakd/torch_reference.py`), timed in turns in this process,
+and the ratio kerakd / PyTorch. Without torch installed, the PyTorch columns
+say so and the rest runs.
 
 For each teacher -> student pair (`PAIRS`), in one process and on one fixed
 batch, it times the median of `--steps` steps (after `--warmup` steps) of the
@@ -52,6 +61,7 @@ from kerakd.data import pipeline  # noqa: E402
 from kerakd.data import sources  # noqa: E402
 from kerakd.taps import resolve_taps  # noqa: E402
 from kerakd.train import precision_policy  # noqa: E402
+from markdown_block import replace_block  # noqa: E402
 # The FLOP statistics of TensorFlow's ops (`tf.compat.v1.profiler`'s source).
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 from tensorflow.python.profiler.internal import flops_registry  # noqa: E402,F401
@@ -83,7 +93,7 @@ INPUT_WAIT_METHOD = "kd"
 # keras.distillation counterparts of kerakd methods.
 KERAS_COUNTERPARTS = {"kd": "LogitsDistillation", "fitnet": "FeatureDistillation"}
 # FitNet's default hint: the second "stages" tap of both networks.
-FEATURE_STAGE = methods.get("fitnet").hint_stage
+FEATURE_STAGE = methods.get("fitnet").stage
 # Targets reported against (not asserted): the methods whose overhead
 # (distill / (teacher inference + student step)) is targeted and its limit,
 # kerakd / keras.distillation per method, and the input wait's share.
@@ -91,6 +101,13 @@ OVERHEAD_TARGET = (("kd", "fitnet", "at"), 1.05)
 KERAS_TARGETS = {"kd": 0.95, "fitnet": 0.8}
 INPUT_WAIT_TARGET = 0.05
 SECTION = "Throughput"
+# The PyTorch anchor: the student step (cross-entropy, SGD with momentum 0.9)
+# of these zoo models in kerakd and in PyTorch, on CIFAR-100-shaped batches;
+# the target is kerakd / PyTorch <= ANCHOR_TARGET (issue 23).
+ANCHOR_MODELS = ("resnet8x4", "wrn_16_2", "resnet18_cifar")
+ANCHOR_SHAPE, ANCHOR_CLASSES, ANCHOR_BATCH_SIZE = (32, 32, 3), 100, 64
+ANCHOR_TARGET = 1.10
+ANCHOR_KEY = "pytorch"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("pairs", list(PAIRS), f"Pairs to benchmark, of {list(PAIRS)}.")
@@ -101,6 +118,12 @@ flags.DEFINE_bool("mixed_precision", False,
                   "mixed_bfloat16 (mixed_float16 on a GPU), as kerakd-train.")
 flags.DEFINE_bool("jit_compile", False, "Compile every step with XLA.")
 flags.DEFINE_bool("flops", True, "Count each step's FLOPs (traces it once more).")
+flags.DEFINE_list("anchor_models", list(ANCHOR_MODELS),
+                  "Zoo models whose student step is timed against its PyTorch "
+                  "reference (kerakd/torch_reference.py); empty: no anchor.")
+flags.DEFINE_integer("anchor_batch_size", ANCHOR_BATCH_SIZE, "Batch of the anchor's steps.")
+flags.DEFINE_integer("torch_threads", None,
+                     "torch.set_num_threads for the anchor (default: torch's own).")
 flags.DEFINE_string("output", "docs/benchmarks.md",
                     "Markdown file whose Throughput section gets the tables.")
 flags.DEFINE_string("results_dir", "benchmarks/results", "Where the JSON goes.")
@@ -415,6 +438,83 @@ def method_result(result, method, baseline):
         result["extra_flops"] = result["flops"] - sum(p["flops"] for p in parts)
     return result
 
+# -- the PyTorch anchor ---------------------------------------------------
+
+
+def torch_or_reason():
+    """`(torch, kerakd.torch_reference)`, or `(None, why not)`."""
+    try:
+        import torch
+
+        from kerakd import torch_reference
+    except ImportError as error:
+        return None, f"torch is not installed ({error}); `pip install -e \".[torch]\"`"
+    return torch, torch_reference
+
+
+def torch_training(torch, net, images, labels):
+    """`(step, trainable parameters)` of PyTorch's student step on one batch:
+    cross-entropy, `SGD(0.05, momentum=0.9)`, as kerakd's `_sgd()`."""
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels.astype(np.int64))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        _, logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()  # waits for the step, as train_on_batch does
+
+    return step, sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def benchmark_anchor(names, batch_size):
+    """kerakd's `Distiller(student, "none")` step and PyTorch's step of each
+    zoo model in `names`, timed in turns; `torch` is None (with `reason`)
+    without torch, and then only kerakd's steps are timed."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch_size, *ANCHOR_SHAPE)).astype(np.float32)
+    labels = rng.integers(0, ANCHOR_CLASSES, batch_size)
+    torch, reference = torch_or_reason()
+    result = {"batch_size": batch_size, "image_shape": ANCHOR_SHAPE,
+              "num_classes": ANCHOR_CLASSES, "torch": None, "models": {}}
+    if torch is None:
+        result["reason"] = reference
+    else:
+        if FLAGS.torch_threads:
+            torch.set_num_threads(FLAGS.torch_threads)
+        torch.manual_seed(0)
+        result["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
+    steps, params = {}, {}
+    for name in names:
+        student = kerakd.models.get(name, ANCHOR_CLASSES, ANCHOR_SHAPE)
+        distiller = kerakd.Distiller(student, methods.get("none"))
+        distiller.compile(_sgd(), jit_compile=FLAGS.jit_compile)
+        steps[f"kerakd:{name}"] = lambda d=distiller: d.train_on_batch(images, labels)
+        params[f"kerakd:{name}"] = trainable_parameters(student)
+        if torch is not None:
+            net = reference.build(name, ANCHOR_CLASSES, ANCHOR_SHAPE[0])
+            steps[f"torch:{name}"], params[f"torch:{name}"] = torch_training(
+                torch, net, images, labels)
+    for step in steps.values():
+        for _ in range(FLAGS.warmup):
+            step()
+    medians = interleaved_medians(steps)
+    for name in names:
+        entry = {"kerakd_s": medians[f"kerakd:{name}"],
+                 "kerakd_params": params[f"kerakd:{name}"]}
+        if torch is not None:
+            entry.update(torch_s=medians[f"torch:{name}"],
+                         torch_params=params[f"torch:{name}"],
+                         kerakd_over_torch=entry["kerakd_s"] / medians[f"torch:{name}"])
+        result["models"][name] = entry
+    return result
+
+
 
 # -- reporting ------------------------------------------------------------
 
@@ -547,23 +647,61 @@ def pair_markdown(key, pair_result, run):
     return "\n".join(lines)
 
 
+def anchor_markdown(anchor, run):
+    """The generated block of the PyTorch anchor."""
+    a, m = anchor, run["machine"]
+    shape = "x".join(map(str, a["image_shape"]))
+    torch_info = (f"PyTorch {a['torch']['version']} ({a['torch']['threads']} threads)"
+                  if a["torch"] else "PyTorch: none")
+    lines = [
+        f"<!-- throughput:{ANCHOR_KEY} -->",
+        f"### PyTorch anchor: the student step, kerakd vs PyTorch ({shape}, "
+        f"{a['num_classes']} classes, batch {a['batch_size']})",
+        "",
+        f"`{run['command']}`",
+        "",
+        f"{run['date']}; {m['cpu_cores']} CPU cores ({m['processor']}), "
+        f"GPU: {m['gpu'] or 'none'}; TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"{torch_info}; load average {m['load_average_1m']:.1f} at the start, "
+        f"{m['load_average_1m_end']:.1f} at the end. Medians of "
+        f"{run['settings']['steps']} rounds of one step of every configuration, after "
+        f"{run['settings']['warmup']} warm-up steps each. Both steps: cross-entropy, "
+        "SGD (0.05, momentum 0.9); kerakd's is `Distiller(student, \"none\")`, "
+        "PyTorch's the reference architecture of `kerakd/torch_reference.py` in "
+        "train mode.",
+        "",
+    ]
+    if not a["torch"]:
+        lines += [f"No PyTorch columns: {a['reason']}.", ""]
+    rows = []
+    for name, r in a["models"].items():
+        if a["torch"]:
+            rows.append((name, f"{r['kerakd_params']:,}", f"{r['torch_params']:,}",
+                         _ms(r["torch_s"]), _ms(r["kerakd_s"]),
+                         f"{r['kerakd_over_torch']:.2f}"))
+        else:
+            rows.append((name, f"{r['kerakd_params']:,}", "no torch", "no torch",
+                         _ms(r["kerakd_s"]), "no torch"))
+    lines += _table(["student step", "kerakd params", "PyTorch params", "PyTorch ms",
+                     "kerakd ms", "kerakd / PyTorch"], rows)
+    if a["torch"]:
+        lines += ["", "Targets:", ""] + [
+            _verdict(f"`{name}` step <= {ANCHOR_TARGET}x PyTorch's",
+                     r["kerakd_over_torch"], ANCHOR_TARGET)
+            for name, r in a["models"].items()]
+    lines.append(f"<!-- /throughput:{ANCHOR_KEY} -->")
+    return "\n".join(lines)
+
+
 def update_markdown(path, blocks):
     """Replaces each `{key: block}` in the Throughput section of `path`, or
     appends it there (creating the file and section if needed)."""
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if not re.search(rf"^## {SECTION}$", text, re.M):
-        text = text.rstrip("\n") + f"\n\n## {SECTION}\n"
     for key, block in blocks.items():
-        pattern = re.compile(
-            rf"<!-- throughput:{key} -->.*?<!-- /throughput:{key} -->", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: block, text)
-            continue
-        section = re.search(rf"^## {SECTION}$.*?(?=^## |\Z)", text, re.M | re.S)
-        end = section.end()
-        text = text[:end].rstrip("\n") + "\n\n" + block + "\n\n" + text[end:].lstrip("\n")
-    with open(path, "w") as file:
-        file.write(text.rstrip("\n") + "\n")
+        replace_block(path, block_pattern(key), SECTION, block)
+
+
+def block_pattern(key):
+    return re.compile(rf"<!-- throughput:{key} -->.*?<!-- /throughput:{key} -->", re.S)
 
 
 def main(argv):
@@ -584,15 +722,23 @@ def main(argv):
                      ("steps", "warmup", "mixed_precision", "jit_compile")},
         "pairs": {},
     }
+    if FLAGS.anchor_models:
+        unknown = [n for n in FLAGS.anchor_models if n not in kerakd.models.available()]
+        if unknown:
+            raise app.UsageError(f"--anchor_models: unknown {unknown}.")
+        run["anchor"] = benchmark_anchor(FLAGS.anchor_models, FLAGS.anchor_batch_size)
     for key in FLAGS.pairs:
         run["pairs"][key] = benchmark_pair(PAIRS[key], method_names)
     run["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     stamp = run["date"].replace(":", "")
-    results = os.path.join(FLAGS.results_dir, f"throughput-{'-'.join(FLAGS.pairs)}-{stamp}.json")
+    parts = [*FLAGS.pairs] + ([ANCHOR_KEY] if "anchor" in run else [])
+    results = os.path.join(FLAGS.results_dir, f"throughput-{'-'.join(parts)}-{stamp}.json")
     with open(results, "w") as file:
         json.dump(run, file, indent=1)
     blocks = {key: pair_markdown(key, r, run) for key, r in run["pairs"].items()}
+    if "anchor" in run:
+        blocks[ANCHOR_KEY] = anchor_markdown(run["anchor"], run)
     update_markdown(FLAGS.output, blocks)
     print("\n\n".join(blocks.values()))
     print(f"Wrote {results} and {FLAGS.output}.")

@@ -1,28 +1,127 @@
-"""Smoke test of `benchmarks/throughput.py`: a tiny run writes its JSON and tables."""
+"""The benchmark scripts: smoke runs of `benchmarks/throughput.py` and
+`benchmarks/deploy.py` (tiny settings: they prove the scripts work, not their
+speed), the markdown block writer they share, and the PyTorch anchor's
+reference models."""
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-# Subprocesses of minutes: skipped by the quick command (README, "Set up").
-pytestmark = pytest.mark.slow
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "throughput.py")
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
-SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "throughput.py")
+
+def load_benchmark_module(name):
+    """benchmarks/<name>.py as a module (benchmarks/ is no package: its
+    scripts import each other as top-level modules)."""
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    return importlib.import_module(name)
 
 
+# -- the markdown block writer ---------------------------------------------
+
+
+def block(key, body):
+    return f"<!-- b:{key} -->\n{body}\n<!-- /b:{key} -->"
+
+
+def pattern(key):
+    return re.compile(rf"<!-- b:{key} -->.*?<!-- /b:{key} -->", re.S)
+
+
+def test_replace_block_creates_appends_into_its_section_and_replaces(tmp_path):
+    replace_block = load_benchmark_module("markdown_block").replace_block
+    path = tmp_path / "benchmarks.md"
+    replace_block(path, pattern("one"), "Throughput", block("one", "1"))
+    assert path.read_text() == f"# Benchmarks\n\n## Throughput\n\n{block('one', '1')}\n"
+
+    # A second block goes at the end of its section, before the next one.
+    path.write_text(path.read_text() + "\n## Accuracy\n\ntext\n")
+    replace_block(path, pattern("two"), "Throughput", block("two", "2"))
+    assert path.read_text() == (f"# Benchmarks\n\n## Throughput\n\n{block('one', '1')}\n\n"
+                                f"{block('two', '2')}\n\n## Accuracy\n\ntext\n")
+
+    # A block that is there is replaced in place; the text around it stays.
+    replace_block(path, pattern("one"), "Throughput", block("one", "new\nlines"))
+    assert path.read_text() == (f"# Benchmarks\n\n## Throughput\n\n"
+                                f"{block('one', 'new' + chr(10) + 'lines')}\n\n"
+                                f"{block('two', '2')}\n\n## Accuracy\n\ntext\n")
+
+    # A section that is not there is appended, once.
+    replace_block(path, pattern("d"), "Deployment", block("d", "x"))
+    replace_block(path, pattern("d"), "Deployment", block("d", "y"))
+    text = path.read_text()
+    assert text.endswith(f"## Accuracy\n\ntext\n\n## Deployment\n\n{block('d', 'y')}\n")
+    assert text.count("## Deployment") == 1 and text.count("<!-- b:one -->") == 1
+
+
+# -- the PyTorch anchor ----------------------------------------------------
+
+
+def test_kerakd_does_not_import_torch():
+    # kerakd/torch_reference.py imports torch; no kerakd module may import it.
+    code = ("import sys, kerakd, kerakd.models, kerakd.methods, kerakd.train; "
+            "assert 'torch' not in sys.modules, 'kerakd imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the torch extra is not installed")
+@pytest.mark.parametrize("name", ["resnet8x4", "wrn_16_2", "resnet18_cifar"])
+def test_anchor_models_have_the_zoo_models_parameters(name):
+    """The PyTorch anchor times the same network: as many trainable
+    parameters, and as many BatchNorm statistics, as the zoo's model."""
+    import kerakd
+    from kerakd import torch_reference
+
+    model = kerakd.models.get(name, 100, (32, 32, 3))
+    net = torch_reference.build(name, 100, 32)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    statistics = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == trainable
+    assert sum(b.numel() for n, b in net.named_buffers()
+               if n.endswith(("running_mean", "running_var"))) == statistics
+
+
+def test_anchor_block_without_torch_says_so():
+    throughput = load_benchmark_module("throughput")
+    anchor = {"batch_size": 64, "image_shape": (32, 32, 3), "num_classes": 100,
+              "torch": None, "reason": "torch is not installed (No module named 'torch')",
+              "models": {"resnet8x4": {"kerakd_s": 0.8, "kerakd_params": 1233540}}}
+    run = {"command": "python benchmarks/throughput.py", "date": "2026-12-01T00:00:00",
+           "settings": {"steps": 20, "warmup": 5},
+           "machine": {"cpu_cores": 2, "processor": "x86_64", "gpu": None,
+                       "tensorflow": "2.21.0", "keras": "3.15.1",
+                       "load_average_1m": 1.0, "load_average_1m_end": 1.0}}
+    text = throughput.anchor_markdown(anchor, run)
+    assert "No PyTorch columns: torch is not installed" in text
+    assert "| resnet8x4 | 1,233,540 | no torch | no torch | 800.0 | no torch |" in text
+    assert "Targets" not in text
+
+
+# -- smoke runs ------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_throughput_writes_results_and_markdown(tmp_path):
     markdown = tmp_path / "benchmarks.md"
     subprocess.run(
         [sys.executable, SCRIPT, "--pairs=fmnist", "--methods=kd", "--steps=2",
-         "--warmup=1", "--noflops", f"--output={markdown}", f"--results_dir={tmp_path}"],
+         "--warmup=1", "--noflops", "--anchor_models=resnet8", "--anchor_batch_size=4",
+         f"--output={markdown}", f"--results_dir={tmp_path}"],
         check=True, capture_output=True, timeout=600,  # a hang guard, not a speed test
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
 
-    (results,) = tmp_path.glob("throughput-fmnist-*.json")
+    (results,) = tmp_path.glob("throughput-fmnist-pytorch-*.json")
     run = json.loads(results.read_text())
     assert {"command", "date", "machine", "settings", "pairs"} <= set(run)
     pair = run["pairs"]["fmnist"]
@@ -34,13 +133,25 @@ def test_throughput_writes_results_and_markdown(tmp_path):
     assert set(pair["keras_distillation"]) == {"kd"}
     assert "kerakd_over_keras" in pair["keras_distillation"]["kd"]
     assert pair["input"]["method"] == "kd" and 0 <= pair["input"]["wait_share"] <= 1
+    anchor = run["anchor"]
+    (resnet8,) = anchor["models"].values()
+    assert anchor["batch_size"] == 4 and resnet8["kerakd_s"] > 0
     text = markdown.read_text()
     assert "## Throughput" in text and "<!-- throughput:fmnist -->" in text
+    assert "<!-- throughput:pytorch -->" in text
+    if HAS_TORCH:
+        assert resnet8["torch_params"] == resnet8["kerakd_params"] > 0
+        assert resnet8["kerakd_over_torch"] == pytest.approx(
+            resnet8["kerakd_s"] / resnet8["torch_s"])
+        assert "| resnet8 |" in text and "kerakd / PyTorch" in text
+    else:
+        assert "no torch" in text
 
 
-DEPLOY_SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "deploy.py")
+DEPLOY_SCRIPT = os.path.join(BENCHMARKS, "deploy.py")
 
 
+@pytest.mark.slow
 def test_deploy_writes_results_plot_and_markdown(tmp_path):
     import keras
 
