@@ -107,6 +107,31 @@ def test_anchor_block_without_torch_says_so():
     assert "Targets" not in text
 
 
+# -- convolution backward (benchmarks/conv_backward.py) ----------------------
+
+
+@pytest.mark.parametrize("kernel,size", [(1, 4), (3, 4), (3, 8)])
+def test_im2col_convolution_gives_conv2d_values_and_gradients(kernel, size):
+    """The matmul formulation the convolution benchmark measures against
+    `tf.nn.conv2d`: the same outputs and input/kernel gradients, to float32
+    tolerance (SAME padding, stride 1)."""
+    import tensorflow as tf
+
+    conv_backward = load_benchmark_module("conv_backward")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, size, size, 24), np.float32)
+    w = rng.standard_normal((kernel, kernel, 24, 40), np.float32)
+    dy = rng.standard_normal((3, size, size, 40), np.float32)
+    np.testing.assert_allclose(conv_backward.im2col_conv(tf, x, w),
+                               tf.nn.conv2d(x, w, 1, "SAME"), rtol=1e-5, atol=1e-4)
+    _, conv = conv_backward.tf_step(tf, {}, x, w, dy)
+    _, im2col = conv_backward.tf_step(tf, {"impl": "matmul"}, x, w, dy)
+    for expected, actual in zip(conv(), im2col()):
+        assert expected.shape == actual.shape
+        np.testing.assert_allclose(actual, expected, rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected).max())
+
+
 # -- smoke runs ------------------------------------------------------------
 
 
