@@ -26,7 +26,10 @@ class Embed(keras.layers.Layer):
 
     Example:
 
-    >>> Embed(128)(ops.ones((8, 256)))   # (8, 128) rows of norm 1
+    >>> from kerakd.methods.crd import Embed
+    >>> embedding = Embed(128)(np.random.rand(8, 256).astype("float32"))
+    >>> tuple(embedding.shape), np.linalg.norm(embedding, axis=1).round(4)   # unit rows
+    ((8, 128), array([1., 1., 1., 1., 1., 1., 1., 1.], dtype=float32))
     """
 
     def __init__(self, units, **kwargs):

@@ -31,7 +31,13 @@ def gradient_reversal(x, scale):
 
     Example:
 
-    >>> y = gradient_reversal(theta, 0.5)   # y == theta; dy/dtheta == -0.5
+    >>> import tensorflow as tf
+    >>> from kerakd.methods.ctkd import gradient_reversal
+    >>> theta = tf.Variable(2.0)
+    >>> with tf.GradientTape() as tape:
+    ...     y = gradient_reversal(theta, 0.5)
+    >>> float(y), float(tape.gradient(y, theta))   # the value of theta, gradient -0.5
+    (2.0, -0.5)
     """
     held = ops.stop_gradient(x)
     return held - ops.stop_gradient(scale) * (x - held)
@@ -45,7 +51,9 @@ def curriculum_lambda(epoch, decay_epochs):
 
     Example:
 
-    >>> curriculum_lambda(5, 10)   # 0.5
+    >>> from kerakd.methods.ctkd import curriculum_lambda
+    >>> [round(curriculum_lambda(epoch, 10), 3) for epoch in (0, 5, 10, 20)]
+    [0.0, 0.5, 1.0, 1.0]
     """
     if not decay_epochs:
         return 1.0

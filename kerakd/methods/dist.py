@@ -28,7 +28,11 @@ def pearson_correlation(a, b, axis=-1, epsilon=1e-8):
 
     Example:
 
-    >>> pearson_correlation(ops.array([[1.0, 2.0, 4.0]]), ops.array([[5.0, 7.0, 11.0]]))   # [1.0]
+    >>> from kerakd.methods.dist import pearson_correlation
+    >>> a = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    >>> b = np.array([[5.0, 7.0, 11.0], [4.0, 2.0, 1.0]])   # 2a + 3, and a reversed
+    >>> keras.ops.convert_to_numpy(pearson_correlation(a, b)).round(4)
+    array([ 1.    , -0.9286], dtype=float32)
     """
     a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
     a = a - ops.mean(a, axis=axis, keepdims=True)

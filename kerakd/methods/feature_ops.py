@@ -13,7 +13,11 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
 
     Example:
 
-    >>> l2_normalize(ops.array([[3.0, 4.0], [0.0, 0.0]]))   # [[.6, .8], [0, 0]]
+    >>> from kerakd.methods.feature_ops import l2_normalize
+    >>> x = np.array([[3.0, 4.0], [0.0, 0.0]], dtype="float32")
+    >>> keras.ops.convert_to_numpy(l2_normalize(x))   # a zero row stays zero
+    array([[0.6, 0.8],
+           [0. , 0. ]], dtype=float32)
     """
     squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
@@ -68,7 +72,14 @@ def adaptive_average_pool(x, size):
 
     Example:
 
-    >>> adaptive_average_pool(ops.ones((2, 8, 8, 3)), (4, 4)).shape   # (2, 4, 4, 3)
+    >>> from kerakd.methods.feature_ops import adaptive_average_pool
+    >>> x = np.arange(25.0).reshape(1, 5, 5, 1)    # x[0, i, j, 0] = 5 i + j
+    >>> pooled = adaptive_average_pool(x, (2, 2))  # windows: rows (and columns) 0-2, 2-4
+    >>> keras.ops.convert_to_numpy(pooled)[0, :, :, 0].round(4)
+    array([[ 6.,  8.],
+           [16., 18.]], dtype=float32)
+    >>> tuple(adaptive_average_pool(x, (10, 10)).shape)   # each cell repeated 2x2
+    (1, 10, 10, 1)
     """
     x = ops.cast(x, "float32")
     (height, width), size = x.shape[1:3], tuple(size)
