@@ -37,3 +37,39 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             "the data, or skip such batches with nan_policy='skip_batch' "
             "(--nan_policy=skip_batch)."
         )
+
+
+class StopOnSkippedBatches(keras.callbacks.Callback):
+    """Stops a `--nan_policy=skip_batch` run that diverged: once more than
+    `max_share` of an epoch's batches, or all of them, were skipped.
+
+    It raises `NonFiniteLossError` after the batch that crosses the line,
+    before the epoch ends: that epoch is neither checkpointed nor reported
+    (its means would cover few batches, or none).
+
+    Args:
+        steps: the batches of an epoch.
+        max_share: `--max_skipped_share`.
+    """
+
+    def __init__(self, steps, max_share):
+        super().__init__()
+        self.steps, self.max_share = steps, max_share
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        skipped = round(float(keras.ops.convert_to_numpy(
+            (logs or {}).get("skipped_batches", 0))))
+        if skipped < self.steps and skipped <= self.max_share * self.steps:
+            return
+        why = ("every batch" if skipped >= self.steps else
+               f"more than --max_skipped_share={self.max_share:g} of its batches")
+        raise NonFiniteLossError(
+            f"--nan_policy=skip_batch skipped {skipped} of the {batch + 1} batches so "
+            f"far of epoch {self._epoch + 1} ({self.steps} batches), {why}: the loss "
+            "is NaN or Inf on most batches, so training has diverged; the run stops "
+            "(exit 1) without exporting a student. Lower --learning_rate, set "
+            "--clip_grad_norm, or check the data."
+        )

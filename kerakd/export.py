@@ -526,7 +526,7 @@ def _usage(message):
 def _run_flags(model_dir):
     """The run's flags, parsed from its `run.flags`."""
     from kerakd import flags as kerakd_flags
-    from kerakd.train import RUN_FLAGS
+    from kerakd.run_directory import RUN_FLAGS
 
     path = os.path.join(model_dir, RUN_FLAGS)
     if not os.path.isfile(path):

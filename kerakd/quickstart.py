@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 from kerakd import flags as kerakd_flags
+from kerakd import run_directory
 from kerakd import train
 
 TEACHER, STUDENT = "resnet14", "resnet8"
@@ -51,9 +52,9 @@ def train_once(model_dir, args):
         absl.app.UsageError: `model_dir` holds a finished run of other flags.
     """
     args = [*args, f"--model_dir={model_dir}"]
-    results = os.path.join(model_dir, train.RESULTS)
+    results = os.path.join(model_dir, run_directory.RESULTS)
     if os.path.exists(results):
-        changed = train.flag_changes(model_dir, kerakd_flags.parse(["kerakd-train", *args]))
+        changed = run_directory.flag_changes(model_dir, kerakd_flags.parse(["kerakd-train", *args]))
         if changed:
             raise app.UsageError(
                 f"{model_dir} holds a finished run of other flags ({'; '.join(changed)}). "

@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kerakd  # noqa: E402
+from kerakd import checkpoint  # noqa: E402
 from kerakd import train  # noqa: E402
 
 COMMON = ["--dataset=synthetic", "--student=resnet8", "--batch_size=8", "--steps_per_epoch=2",
@@ -38,7 +39,7 @@ def main():
     train.run_with_args(["--method=none", "--dataset=synthetic", "--student=resnet8",
                          "--batch_size=8", "--steps_per_epoch=2", "--epochs=1",
                          "--lr_milestones=", f"--model_dir={teacher}"])
-    commit = train.RunProgress._commit
+    commit = checkpoint.RunProgress._commit
     snapshot = {}
 
     def commit_and_copy(self, epoch):
@@ -46,7 +47,7 @@ def main():
         if epoch == 1 and snapshot.get("to"):  # a kill during epoch 2 leaves this
             shutil.copytree(os.path.dirname(self.checkpoint_dir), snapshot.pop("to"))
 
-    train.RunProgress._commit = commit_and_copy
+    checkpoint.RunProgress._commit = commit_and_copy
     results = {}
     for name in names:
         try:

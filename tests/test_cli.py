@@ -20,6 +20,8 @@ from absl import flags
 
 import kerakd
 from kerakd import flags as kerakd_flags
+from kerakd import optimization
+from kerakd import run_directory
 from kerakd import train
 from kerakd.methods.base import Method, MethodOutput
 
@@ -98,12 +100,12 @@ def test_killed_run_resumes_after_its_last_epoch(tmp_path):
     # Dies like a SIGKILL (no clean-up) right after epoch 1's checkpoint.
     killed = run_python(f"""
         import os
-        from kerakd import train
-        save = train.RunProgress.on_epoch_end
+        from kerakd import checkpoint, train
+        save = checkpoint.RunProgress.on_epoch_end
         def save_then_die(self, epoch, logs=None):
             save(self, epoch, logs)
             os._exit(3)
-        train.RunProgress.on_epoch_end = save_then_die
+        checkpoint.RunProgress.on_epoch_end = save_then_die
         train.run_with_args({args!r})
     """)
     assert killed.returncode == 3, killed.stderr[-3000:]
@@ -225,7 +227,7 @@ def test_method_flags_come_from_constructors():
 
 
 def test_learning_rate_schedule():
-    schedule = train.learning_rate_schedule(0.1, [3, 5], decay=0.1, warmup_epochs=2)
+    schedule = optimization.learning_rate_schedule(0.1, [3, 5], decay=0.1, warmup_epochs=2)
     rates = [schedule(epoch) for epoch in range(6)]
     assert rates == pytest.approx([0.05, 0.1, 0.1, 0.01, 0.01, 0.001])
 
@@ -322,18 +324,19 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     # Ctrl-C right after epoch 1's checkpoint.
     done = kerakd_train(["--method=none", *TINY, f"--model_dir={model_dir}"], before="""
         import os, signal
-        commit = train.RunProgress.on_epoch_end
+        from kerakd import checkpoint
+        commit = checkpoint.RunProgress.on_epoch_end
         def commit_then_interrupt(self, epoch, logs=None):
             commit(self, epoch, logs)
             os.kill(os.getpid(), signal.SIGINT)
-        train.RunProgress.on_epoch_end = commit_then_interrupt
+        checkpoint.RunProgress.on_epoch_end = commit_then_interrupt
     """)
     assert done.returncode == 130, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     checkpoint = model_dir / "checkpoints" / "epoch-1.weights.h5"
     assert (f"interrupted. The last checkpoint is {checkpoint} (after epoch 1). Resume "
             f"with: kerakd-train --flagfile={model_dir / 'run.flags'}") in done.stderr
-    assert not (model_dir / train.LOCK).exists()
+    assert not (model_dir / run_directory.LOCK).exists()
 
 
 def test_a_model_dir_in_use_is_refused_naming_the_other_run(tmp_path, capsys):
@@ -341,18 +344,18 @@ def test_a_model_dir_in_use_is_refused_naming_the_other_run(tmp_path, capsys):
     model_dir.mkdir()
     other = subprocess.Popen(["sleep", "60"])
     try:
-        with open(model_dir / train.LOCK, "w") as held:  # as a live run holds it
+        with open(model_dir / run_directory.LOCK, "w") as held:  # as a live run holds it
             held.write(f"{other.pid} {os.uname().nodename}\n")
             held.flush()
             fcntl.flock(held, fcntl.LOCK_EX)
-            for take in (train.check_not_in_use, train.take_lock):
+            for take in (run_directory.check_not_in_use, run_directory.take_lock):
                 with pytest.raises(app.UsageError, match=re.escape(
                         f"--model_dir={model_dir} is in use by another kerakd-train "
                         f"run (process {other.pid}, which holds")):
                     take(str(model_dir))
             with pytest.raises(app.UsageError, match=f"process {other.pid}"):
                 train.run_with_args(["--method=none", *TINY, f"--model_dir={model_dir}"])
-            assert os.listdir(model_dir) == [train.LOCK]
+            assert os.listdir(model_dir) == [run_directory.LOCK]
     finally:
         other.kill()
         other.wait()
@@ -361,7 +364,7 @@ def test_a_model_dir_in_use_is_refused_naming_the_other_run(tmp_path, capsys):
                                    f"--model_dir={model_dir}"])
     assert results["epochs"] == 1
     assert f"was left by process {other.pid}, which no longer runs" in capsys.readouterr().out
-    assert not (model_dir / train.LOCK).exists()
+    assert not (model_dir / run_directory.LOCK).exists()
 
 
 def readme_setup_command():
