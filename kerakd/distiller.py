@@ -91,15 +91,8 @@ class Distiller(keras.Model):
                 f"`method` must be a kerakd Method or a method name "
                 f"{methods_lib.available()}; got {type(method).__name__}."
             )
-        if method.requires_teacher and teacher is None:
-            raise ValueError(
-                f"Method '{method.name}' distills from a teacher: pass teacher=."
-            )
-        if not method.requires_teacher and teacher is not None:
-            raise ValueError(
-                f"Method '{method.name}' trains without a teacher "
-                "(self-distillation or plain training); do not pass teacher=."
-            )
+        checks.check_teacher(f"method '{method.name}'", method.requires_teacher,
+                             teacher is not None)
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
         if clip_grad_norm < 0:

@@ -23,6 +23,7 @@ import typing
 from absl import app
 from absl import flags
 
+from kerakd import checks
 from kerakd import methods
 from kerakd import models
 from kerakd import taps
@@ -459,16 +460,13 @@ def check_flags(flag_values):
         raise app.UsageError(
             f"--student={fv.student}: not a zoo model. Available: {models.available()}."
         )
-    if requires_teacher(fv.method) and not fv.teacher:
-        raise app.UsageError(
-            f"--method={fv.method} distills from a teacher: pass --teacher=<model.keras> "
-            "(train one with --method=none; its student.keras is the teacher)."
-        )
-    if not requires_teacher(fv.method) and fv.teacher:
-        raise app.UsageError(
-            f"--teacher is set, but --method={fv.method} trains without a teacher. "
-            "Remove --teacher, or choose a distillation method."
-        )
+    try:
+        checks.check_teacher(f"--method={fv.method}", requires_teacher(fv.method),
+                             bool(fv.teacher), "--teacher")
+    except ValueError as error:
+        hint = "" if fv.teacher else (" Train one with --method=none: its student.keras "
+                                      "is the teacher.")
+        raise app.UsageError(f"{error}{hint}") from None
     if fv.teacher_taps and not fv.teacher:
         raise app.UsageError("--teacher_taps is set but there is no --teacher.")
     for side in ("student_taps", "teacher_taps"):
