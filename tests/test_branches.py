@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerakd.methods import branches
+from kerakd.blocks import branches
 
 BN_EPSILON = 1e-5
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 import kerakd
 from conftest import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
+from kerakd.blocks.bifpn import FastNormalizedFusion, bifpnc
 from kerakd.methods.base import StepData, TapSpec
-from kerakd.methods.bifpn import FastNormalizedFusion, bifpnc
 
 # -- NumPy re-implementation of docs/methods/frskd.md ----------------------------------
 

@@ -9,7 +9,7 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd.methods import branches
+from kerakd.blocks import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
@@ -105,7 +105,7 @@ class AID(Method):
         normalize_logits: standardise logits before every KD term
             (default True).
         branch_builder: branch builder name
-            (`kerakd.methods.branches.builders`, default `"separable"`).
+            (`kerakd.blocks.branches.builders`, default `"separable"`).
 
     Example:
 

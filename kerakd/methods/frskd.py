@@ -5,8 +5,8 @@ from keras import ops
 
 from kerakd import losses
 from kerakd.attention_maps import AttentionMapImages
+from kerakd.blocks.bifpn import bifpnc
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
-from kerakd.methods.bifpn import bifpnc
 from kerakd.methods.registry import register
 
 

@@ -12,7 +12,7 @@ from keras import ops
 
 from kerakd import compat
 from kerakd import losses
-from kerakd.methods import branches
+from kerakd.blocks import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
@@ -117,7 +117,7 @@ class LFMA(Method):
             each head tap and points the method's taps at it (default False).
         include_last: also grow a head from the deepest tap (default False).
         head_builder: name of the branch builder of the heads
-            (`kerakd.methods.branches.builders`, default `"separable"`).
+            (`kerakd.blocks.branches.builders`, default `"separable"`).
 
     Example:
 

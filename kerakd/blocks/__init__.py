@@ -1,0 +1,12 @@
+"""Building blocks that methods grow from a network's taps.
+
+- `kerakd.blocks.branches`: a branch from a student's tap down to its last
+  stage, pooled to a vector, by builder name (LFMA's heads, AID's branches).
+- `kerakd.blocks.bifpn`: BiFPNc, the bidirectional feature pyramid that is
+  FRSKD's self-teacher.
+
+The methods (`kerakd.methods`) own the layers these functions build; the
+blocks hold no state of their own.
+"""
+
+from kerakd.blocks import bifpn, branches  # noqa: F401
