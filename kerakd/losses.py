@@ -126,6 +126,8 @@ def attention_map(features):
     Uses `x / max(||x||, 1e-12)`, the normalisation of PyTorch's
     `F.normalize` that the AT, FRSKD and AFD reference code call.
     """
+    # Not feature_ops.l2_normalize: the same values, other gradient bits
+    # (its docstring says why this one is kept).
     f = _f32(features)
     energy = ops.mean(f * f, axis=-1)
     energy = ops.reshape(energy, (ops.shape(energy)[0], -1))

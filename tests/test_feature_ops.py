@@ -1,11 +1,13 @@
-"""`feature_ops.adaptive_average_pool`: its fast whole-ratio paths give
-PyTorch's adaptive-pooling bins, as the general path does."""
+"""`feature_ops`: the fast whole-ratio paths of `adaptive_average_pool` give
+PyTorch's adaptive-pooling bins, as the general path does; `l2_normalize` and
+`cosine_similarity_matrix` are `F.normalize` and its cosines bit for bit."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
 
+from kerakd import losses
 from kerakd.methods import feature_ops
 from test_baselines import np_adaptive_pool
 
@@ -38,3 +40,60 @@ def test_every_path_follows_pytorch_bins(shape, size):
     np.testing.assert_allclose(tape.gradient(weighted, variable),
                                reference_tape.gradient(reference_weighted, variable),
                                rtol=1e-5, atol=1e-7)
+
+
+def value_and_gradients(fn, *inputs):
+    """`fn(*inputs)` and the gradients of a fixed weighting of it, computed in
+    a `tf.function` as a training step computes them."""
+
+    @tf.function
+    def run(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            y = fn(*xs)
+            weights = tf.cast(tf.reshape(tf.range(tf.size(y)) % 7 - 3, tf.shape(y)), y.dtype)
+            total = tf.reduce_sum(y * weights)
+        return y, tape.gradient(total, xs)
+
+    y, gradients = run(*[tf.constant(x) for x in inputs])
+    return [y.numpy()] + [g.numpy() for g in gradients]
+
+
+def divided_by_clamped_norm(x, epsilon=1e-12):
+    """`x / max(||x||, epsilon)`, as PyTorch's `F.normalize` writes it."""
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+    return x / ops.maximum(norm, epsilon)
+
+
+def features(*shape, seed=0):
+    x = np.random.default_rng(seed).normal(size=shape).astype("float32")
+    x[0] = 0.0  # a zero vector: the epsilon floor
+    return x
+
+
+@pytest.mark.parametrize("shape", [(16, 64), (4, 5, 3)])
+def test_l2_normalize_is_f_normalize_bit_for_bit(shape):
+    x = features(*shape)
+    for ours, reference in zip(value_and_gradients(feature_ops.l2_normalize, x),
+                               value_and_gradients(divided_by_clamped_norm, x)):
+        np.testing.assert_array_equal(ours, reference)
+
+
+def test_cosine_matrix_of_rows_and_columns_is_unit_rows_times_unit_columns():
+    rows, columns = features(8, 32), features(6, 32, seed=1)
+
+    def reference(a, b):
+        return ops.matmul(divided_by_clamped_norm(a), ops.transpose(divided_by_clamped_norm(b)))
+
+    for ours, expected in zip(value_and_gradients(feature_ops.cosine_similarity_matrix, rows, columns),
+                              value_and_gradients(reference, rows, columns)):
+        np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(feature_ops.cosine_similarity_matrix(rows),
+                                  feature_ops.cosine_similarity_matrix(rows, rows))
+
+
+def test_attention_map_normalises_to_the_same_values():
+    # Its own formula (see l2_normalize's docstring) gives the same values.
+    f = np.abs(features(4, 8, 8, 16))
+    energy = ops.reshape(ops.mean(f * f, axis=-1), (4, -1))
+    np.testing.assert_array_equal(losses.attention_map(f), feature_ops.l2_normalize(energy))

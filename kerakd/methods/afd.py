@@ -28,6 +28,7 @@ def _values(features, size):
     """`l2_normalize_over_HW(adaptive_pool(mean_c f^2 -> size))`, `(B, h*w)`."""
     f = ops.cast(features, "float32")
     energy = adaptive_average_pool(ops.mean(f * f, axis=-1, keepdims=True), size)
+    # Keras's rsqrt form of F.normalize, kept: see feature_ops.l2_normalize.
     return ops.normalize(ops.reshape(energy, (ops.shape(f)[0], -1)), epsilon=1e-12)
 
 

@@ -11,6 +11,7 @@ from keras import ops
 from kerakd import losses
 from kerakd.blocks import branches
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.feature_ops import cosine_similarity_matrix
 from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 
@@ -46,14 +47,8 @@ def orthogonality(kernel):
 
 
 def cosine_matrix(rows, columns):
-    """`A[b, k] = cos(rows[b], columns[k])`, each vector scaled to unit norm."""
-
-    def unit(x):
-        x = ops.cast(x, "float32")
-        norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-        return x / ops.maximum(norm, 1e-12)
-
-    return ops.matmul(unit(rows), ops.transpose(unit(columns)))
+    """`A[b, k] = cos(rows[b], columns[k])` of the features in float32."""
+    return cosine_similarity_matrix(ops.cast(rows, "float32"), ops.cast(columns, "float32"))
 
 
 @register("aid")

@@ -1,4 +1,10 @@
-"""Tensor helpers that several methods share, written with `keras.ops`."""
+"""Tensor math several methods share, written with `keras.ops`.
+
+The one home of L2 normalisation, cosine matrices, pairwise distances and
+PyTorch's adaptive average pooling. They live here, not in `kerakd.losses`:
+they transform tensors, while `kerakd.losses` holds the loss terms,
+functions of predictions and targets that return a scalar.
+"""
 
 import numpy as np
 from keras import ops
@@ -9,7 +15,21 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
 
     The norm is `sqrt(max(sum x^2, epsilon^2))`, the same value, written so
     that a zero vector (RKD's `e_i - e_i`) gets a zero gradient rather than
-    the NaN of differentiating `sqrt` at 0.
+    the NaN of differentiating `sqrt` at 0 (under XLA). Without XLA it gives
+    `x / max(sqrt(sum x^2), epsilon)` bit for bit, values and gradients
+    (`tests/test_feature_ops.py`).
+
+    Two normalisations keep their own formula, because theirs give other
+    last bits than this one and their methods' numbers stay as they were
+    benchmarked: `kerakd.losses.attention_map` (squares as `e * e`, whose
+    gradient rounds differently) and the `keras.ops.normalize(x,
+    epsilon=1e-12)` of SemCKD and AFD (`x * min(rsqrt(sum x^2), 1e12)`, the
+    same floor as `F.normalize`).
+
+    Args:
+        x: a float tensor.
+        axis: the axis normalised to unit length.
+        epsilon: the smallest norm divided by (PyTorch's default, 1e-12).
 
     Example:
 
@@ -23,10 +43,20 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
 
 
-def cosine_similarity_matrix(x):
-    """Cosines between the rows of `x`: `(..., N, D) -> (..., N, N)`."""
-    x = l2_normalize(x)
-    return ops.matmul(x, ops.swapaxes(x, -1, -2))
+def cosine_similarity_matrix(rows, columns=None):
+    """Cosines between the rows of `rows` and those of `columns`.
+
+    Args:
+        rows: `(..., N, D)`.
+        columns: `(..., M, D)`; default `rows` (normalised once, so the
+            gradient of both sides meets before the normalisation).
+
+    Returns:
+        `(..., N, M)`: entry `[i, k]` is `cos(rows[i], columns[k])`.
+    """
+    rows = l2_normalize(rows)
+    columns = rows if columns is None else l2_normalize(columns)
+    return ops.matmul(rows, ops.swapaxes(columns, -1, -2))
 
 
 def pairwise_distances(x, epsilon=1e-12):
@@ -81,6 +111,7 @@ def adaptive_average_pool(x, size):
     >>> tuple(adaptive_average_pool(x, (10, 10)).shape)   # each cell repeated 2x2
     (1, 10, 10, 1)
     """
+    # Not keras.ops.adaptive_average_pool (3.15.1): 1 ulp off when down-sampling; fails 5x5 -> 1x1.
     x = ops.cast(x, "float32")
     (height, width), size = x.shape[1:3], tuple(size)
     if (height, width) == size:

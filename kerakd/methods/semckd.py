@@ -189,6 +189,7 @@ class SemCKD(Method):
             student_grams: list of `S` `(B, B)` Gram matrices.
             teacher_grams: list of `T` `(B, B)` Gram matrices.
         """
+        # Keras's rsqrt form of F.normalize, kept: see feature_ops.l2_normalize.
         query = ops.stack(
             [ops.normalize(mlp(g), epsilon=1e-12) for mlp, g in zip(self.queries, student_grams)],
             axis=1,
