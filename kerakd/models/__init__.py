@@ -8,8 +8,16 @@ inference), so the saved student loads in a process that never imports
 kerakd; `kerakd-train` saves its `student.keras` and `best.keras` that way.
 Tap layers follow the naming convention of `kerakd.taps`.
 
+Example:
+
 >>> kerakd.models.available()
+['mobilenetv2', 'resnet110', 'resnet14', 'resnet18', 'resnet18_cifar', 'resnet20',
+ 'resnet32', 'resnet32x4', 'resnet34', 'resnet34_cifar', 'resnet44', 'resnet50',
+ 'resnet50_cifar', 'resnet56', 'resnet8', 'resnet8x4', 'shufflenetv1', 'shufflenetv2',
+ 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'vgg8', 'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2']
 >>> model = kerakd.models.get("resnet8x4", num_classes=100, input_shape=(32, 32, 3))
+>>> model.input_shape, model.output_shape, model.count_params()
+((None, 32, 32, 3), (None, 100), 1236292)
 """
 
 from kerakd.nn import core_keras  # noqa: F401  (a public name of this package)

@@ -20,7 +20,14 @@ same form (AFD's "blocks" kind; the AFD paper gives no MobileNetV2 list, so
 kerakd taps them all, as it taps every residual block of a ResNet). And
 `pool`.
 
->>> model = kerakd.models.get("mobilenetv2", num_classes=100)
+Example:
+
+>>> model = kerakd.models.get("mobilenetv2", num_classes=100)   # 32x32x3 images
+>>> [tuple(model.get_layer(name).output.shape[1:])
+...  for name in kerakd.taps.resolve_taps(model, "stages")]
+[(16, 16, 12), (8, 8, 16), (4, 4, 48), (2, 2, 160)]
+>>> model.count_params()
+831204
 """
 
 import keras

@@ -30,8 +30,21 @@ The imported teacher expects the input normalisation it was trained with
 (`docs/teachers.md`): kerakd's cifar100 pipeline applies RepDistiller's,
 its imagenet2012 pipeline torchvision's.
 
->>> teacher = kerakd.models.from_pytorch("resnet32x4", "ckpt_epoch_240.pth")
->>> kerakd.models.core_keras(teacher).save("teachers/resnet32x4_cifar100.keras")
+Example (a RepDistiller-style checkpoint of a freshly built reference
+model, which needs torch; a published `ckpt_epoch_240.pth` reads the same):
+
+>>> import torch
+>>> from kerakd import torch_reference
+>>> reference = torch_reference.build("resnet8", num_classes=10).eval()
+>>> torch.save({"model": reference.state_dict(), "epoch": 240}, "ckpt_epoch_240.pth")
+>>> teacher = kerakd.models.from_pytorch("resnet8", "ckpt_epoch_240.pth", num_classes=10)
+>>> images = np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32")
+>>> with torch.no_grad():
+...     _, torch_logits = reference(torch.from_numpy(images).permute(0, 3, 1, 2))
+>>> keras_logits = keras.ops.convert_to_numpy(teacher(images))
+>>> bool(np.abs(keras_logits - torch_logits.numpy()).max() < 1e-4)   # the same network
+True
+>>> kerakd.models.core_keras(teacher).save("resnet8_cifar10.keras")   # loads without kerakd
 """
 
 import collections.abc

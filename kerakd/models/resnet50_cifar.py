@@ -15,7 +15,14 @@ published checkpoint (`docs/teachers.md`).
 Taps (all post-ReLU): `stage1..4` (32x32x256, 16x16x512, 8x8x1024, 4x4x2048
 at 32 px), `block1..16` (every bottleneck's output), `pool`.
 
->>> model = kerakd.models.get("resnet50_cifar", num_classes=100)
+Example:
+
+>>> model = kerakd.models.get("resnet50_cifar", num_classes=100)   # 32x32x3 images
+>>> [tuple(model.get_layer(name).output.shape[1:])
+...  for name in kerakd.taps.resolve_taps(model, "stages")]
+[(32, 32, 256), (16, 16, 512), (8, 8, 1024), (4, 4, 2048)]
+>>> model.count_params()
+23758372
 """
 
 import keras

@@ -15,9 +15,16 @@ the input is post-ReLU (>= 0), so zeros give the same maxima.
 Taps (all post-ReLU): `stage1..4` (stage outputs), `block1..N` (every block's
 output, e.g. 8 for resnet18, 16 for resnet34/50), `pool`.
 
+Example:
+
 >>> model = kerakd.models.get("resnet18", num_classes=1000, input_shape=(224, 224, 3))
->>> kerakd.taps.resolve_taps(model, "stages")  # 56x56x64 ... 7x7x512
+>>> kerakd.taps.resolve_taps(model, "stages")
 ['stage1', 'stage2', 'stage3', 'stage4']
+>>> [tuple(model.get_layer(name).output.shape[1:])
+...  for name in kerakd.taps.resolve_taps(model, "stages")]
+[(56, 56, 64), (28, 28, 128), (14, 14, 256), (7, 7, 512)]
+>>> model.count_params()
+11699112
 """
 
 import keras

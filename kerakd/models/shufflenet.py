@@ -22,7 +22,14 @@ Taps: `stage1..3`, the post-ReLU stage outputs (the reference's `f1..f3`
 with `preact=False`, SemCKD's convention; V2's is the shuffled output of the
 stage's last unit), and `pool`. At 32 px: 16x16, 8x8, 4x4.
 
->>> model = kerakd.models.get("shufflenetv2", num_classes=100)
+Example:
+
+>>> model = kerakd.models.get("shufflenetv2", num_classes=100)   # 32x32x3 images
+>>> [tuple(model.get_layer(name).output.shape[1:])
+...  for name in kerakd.taps.resolve_taps(model, "stages")]
+[(16, 16, 116), (8, 8, 232), (4, 4, 464)]
+>>> model.count_params()
+1371708
 """
 
 import functools

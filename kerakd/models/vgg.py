@@ -14,9 +14,14 @@ Taps: `stage1..4`, the post-ReLU outputs of groups 1..4 (the reference's
 `f1..f4` with `preact=False`, SemCKD's convention; the stem is excluded),
 and `pool`.
 
->>> model = kerakd.models.get("vgg8", num_classes=100)
->>> kerakd.taps.resolve_taps(model, "stages")  # 16x16x128 ... 4x4x512 at 32 px
+Example:
+
+>>> model = kerakd.models.get("vgg8", num_classes=100)   # 32x32x3 images
+>>> kerakd.taps.resolve_taps(model, "stages")
 ['stage1', 'stage2', 'stage3', 'stage4']
+>>> [tuple(model.get_layer(name).output.shape[1:])
+...  for name in kerakd.taps.resolve_taps(model, "stages")]
+[(16, 16, 128), (8, 8, 256), (4, 4, 512), (4, 4, 512)]
 """
 
 import keras
