@@ -46,8 +46,7 @@ def test_gradients_reach_the_student_and_method_only(teacher, student, method):
 
     images, labels = make_images(8), make_labels(8)
     with tf.GradientTape() as tape:
-        out = distiller._method_output(images, labels, training=True)
-        total = distiller._total_loss(out.losses)
+        total = sum(distiller.compute_loss_terms(images, labels, training=True).values())
     watched = variable_ids(tape.watched_variables())
     assert not watched & variable_ids(teacher.weights), "the teacher ran under the tape"
     gradients = tape.gradient(total, distiller.trainable_variables)
@@ -78,8 +77,8 @@ def test_a_30_step_fit_lowers_the_loss(teacher, student, method):
     # The distillation objective on training data, before and after; with batch
     # statistics (30 steps do not settle BatchNorm's moving averages).
     def objective():
-        out = distiller._method_output(images[:64], labels[:64], training=True)
-        return float(distiller._total_loss(out.losses))
+        terms = distiller.compute_loss_terms(images[:64], labels[:64], training=True)
+        return float(sum(terms.values()))
 
     before = objective()
     history = distiller.fit(ds, epochs=1, verbose=0)
@@ -252,7 +251,7 @@ def test_clip_grad_norm_clips_the_loss_gradient_then_adds_weight_decay(student):
     variables = distiller.trainable_variables
     start = [v.numpy().astype("float64") for v in variables]
     with tf.GradientTape() as tape:
-        total = distiller._total_loss(distiller._method_output(images, labels, training=True).losses)
+        total = sum(distiller.compute_loss_terms(images, labels, training=True).values())
     gradients = [g.numpy().astype("float64") for g in tape.gradient(total, variables)]
     norm = np.sqrt(sum(np.sum(g ** 2) for g in gradients))
     assert norm > 2 * clip, "the clipping must act for the check to mean anything"
