@@ -212,29 +212,32 @@ def start(context, option, cases, verbose_file=None):
 
 def verbose_implementations(context, cases):
     """The oneDNN primitives one step of `baseline` runs for each case
-    (ONEDNN_VERBOSE=1): `{case: {"primitive implementation problem": count}}`."""
-    with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as file:
-        path = file.name
-    process, connection = start(context, "baseline", cases, path)
-    reply = connection.recv()
-    if "ready" in reply:
-        connection.send("step")
-        connection.recv()
-        connection.send("stop")
-    process.join(60)
-    found, case = {}, None
-    with open(path) as log:
-        for line in log:
-            fields = line.strip().split(",")
-            if fields[0] == "kerakd-case":
-                case = fields[1]
-                found[case] = {}
-            elif case and "primitive" in fields and "exec" in fields:
-                # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<impl>,...,<problem>,<ms>
-                at = fields.index("exec")
-                key = f"{fields[at + 2]} {fields[at + 3] or '-'} {fields[-2]}"
-                found[case][key] = found[case].get(key, 0) + 1
-    os.remove(path)
+    (ONEDNN_VERBOSE=1, one process per case so that no line is misplaced):
+    `{case: {"primitive implementation problem": count}}`."""
+    found = {}
+    for case in cases:
+        with tempfile.NamedTemporaryFile(suffix=".log", delete=False) as file:
+            path = file.name
+        process, connection = start(context, "baseline", [case], path)
+        reply = connection.recv()
+        if "ready" in reply:
+            connection.send("step")
+            connection.recv()
+            connection.send("stop")
+        process.join(60)
+        counts, marked = {}, False
+        with open(path) as log:
+            for line in log:
+                fields = line.strip().split(",")
+                if fields[0] == "kerakd-case":
+                    marked, counts = True, {}  # the timed step's lines follow
+                elif marked and "primitive" in fields and "exec" in fields:
+                    # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<impl>,...,<problem>,<ms>
+                    at = fields.index("exec")
+                    key = f"{fields[at + 2]} {fields[at + 3] or '-'} {fields[-2]}"
+                    counts[key] = counts.get(key, 0) + 1
+        os.remove(path)
+        found[case] = counts
     return found
 
 
@@ -259,6 +262,7 @@ def run(options, cases, rounds, warmup):
             if round_ >= warmup:
                 for case, seconds in times.items():
                     results[option]["times"][case].append(seconds)
+        print(f"round {round_ + 1} of {warmup + rounds} done", flush=True)
     reference = None
     if "baseline" in workers:
         workers["baseline"][1].send("gradients")
