@@ -19,6 +19,7 @@ import os
 import re
 import types
 import typing
+import warnings
 
 from absl import app
 from absl import flags
@@ -183,38 +184,94 @@ def method_argument_types(name):
     }
 
 
+def renamed_method_arguments(name):
+    """`{old name: new name}` of method `name`'s renamed constructor arguments
+    (`frskd`: `{"alpha": "self_kd_weight", ...}`), which still work, with a
+    warning (`kerakd.methods.base.renamed_arguments`)."""
+    init = methods.registry.factory(name).__init__
+    return dict(getattr(init, "renamed_arguments", {}))
+
+
+def renamed_flags():
+    """`{old flag: new flag}` of every registered method (`frskd_alpha` ->
+    `frskd_self_kd_weight`): the old flags are deprecated aliases."""
+    return {f"{name}_{old}": f"{name}_{new}" for name in methods.available()
+            for old, new in renamed_method_arguments(name).items()}
+
+
+def canonical_flag_name(name):
+    """The current name of flag `name`: the new one for a deprecated alias
+    (`"frskd_alpha"` -> `"frskd_self_kd_weight"`), else `name` itself.
+
+    Runs recorded before a rename hold the old names in their `run.flags`;
+    `flag_dict` names every value by this, so they compare equal to the same
+    recipe spelled with the new names.
+    """
+    return renamed_flags().get(name, name)
+
+
+def _define_method_flag(flag, kind, default, text, flag_values):
+    kwargs = dict(default=default, help=text, flag_values=flag_values, module_name=__name__)
+    if kind is bool:
+        flags.DEFINE_boolean(flag, **kwargs)
+    elif kind is int:
+        flags.DEFINE_integer(flag, **kwargs)
+    elif kind is float:
+        flags.DEFINE_float(flag, **kwargs)
+    elif kind is str:
+        flags.DEFINE_string(flag, **kwargs)
+    elif kind is list or isinstance(default, (list, tuple)):
+        kwargs["default"] = None if default is None else [str(v) for v in default]
+        flags.DEFINE_list(flag, **kwargs)
+    else:
+        kwargs["default"] = None if default is None else repr(default)
+        kwargs["help"] += " (a Python literal)"
+        flags.DEFINE_string(flag, **kwargs)
+
+
 def _define_method_flags(flag_values):
     for name in methods.available():
         factory = methods.registry.factory(name)
         docs = docstring_args(factory.__doc__)
         kinds = method_argument_types(name)
-        for argument, default in method_arguments(name).items():
+        arguments = method_arguments(name)
+        for argument, default in arguments.items():
             flag = f"{name}_{argument}"
             if flag in flag_values:
                 raise ValueError(
                     f"Method '{name}' argument '{argument}' makes flag --{flag}, "
                     "which already exists; rename the method or the argument."
                 )
-            text = f"[{name}] {docs.get(argument, argument)}"
             default = None if default is inspect.Parameter.empty else default
-            kwargs = dict(default=default, help=text, flag_values=flag_values,
-                          module_name=__name__)
-            kind = kinds[argument]
-            if kind is bool:
-                flags.DEFINE_boolean(flag, **kwargs)
-            elif kind is int:
-                flags.DEFINE_integer(flag, **kwargs)
-            elif kind is float:
-                flags.DEFINE_float(flag, **kwargs)
-            elif kind is str:
-                flags.DEFINE_string(flag, **kwargs)
-            elif isinstance(default, (list, tuple)):
-                kwargs["default"] = [str(v) for v in default]
-                flags.DEFINE_list(flag, **kwargs)
-            else:
-                kwargs["default"] = None if default is None else repr(default)
-                kwargs["help"] += " (a Python literal)"
-                flags.DEFINE_string(flag, **kwargs)
+            _define_method_flag(flag, kinds[argument], default,
+                                f"[{name}] {docs.get(argument, argument)}", flag_values)
+        # Old names stay flags of the same type, unset by default; parsing
+        # moves their value to the new flag (`_apply_renamed_flags`).
+        for old, new in renamed_method_arguments(name).items():
+            default = arguments[new]
+            kind = kinds[new]
+            list_valued = isinstance(default, (list, tuple))
+            _define_method_flag(
+                f"{name}_{old}", list if list_valued else kind, None,
+                f"[{name}] Deprecated: the old name of --{name}_{new}.", flag_values)
+
+
+def _apply_renamed_flags(flag_values):
+    """Moves the values of deprecated alias flags to their new flags, warning
+    for each (a `run.flags` written before a rename reads the same)."""
+    for old, new in renamed_flags().items():
+        if old not in flag_values or not flag_values[old].present:
+            continue
+        if flag_values[new].present:
+            raise flags.Error(
+                f"--{old} and --{new} are both set; --{old} is the old name of "
+                f"--{new}: keep --{new} only.")
+        warnings.warn(f"--{old} is deprecated, use --{new} (same meaning).",
+                      FutureWarning, stacklevel=3)
+        flag_values[new].value = flag_values[old].value
+        flag_values[new].present = flag_values[old].present
+        flag_values[new].using_default_value = False
+        flag_values[old].unparse()
 
 
 # `kerakd-train --help`: the core flags by job, in this order.
@@ -309,22 +366,25 @@ def parse(argv):
 
 def parse_into(flag_values, argv):
     """Parses `argv` into `flag_values` (whose flags are defined); an unknown
-    flag set in a flagfile names the file (absl alone does not).
+    flag set in a flagfile names the file (absl alone does not). A deprecated
+    alias (`--frskd_alpha`) sets its new flag, with a warning.
 
     Returns:
         The arguments left over, program name first.
 
     Raises:
-        absl.flags.Error: an unknown flag (with the close names absl suggests)
-            or a bad value.
+        absl.flags.Error: an unknown flag (with the close names absl suggests),
+            a bad value, or an alias set together with its new flag.
     """
     try:
-        return flag_values(list(argv))
+        rest = flag_values(list(argv))
     except flags.UnrecognizedFlagError as error:
         flagfile = _flagfile_setting(error.flagname, argv)
         if flagfile is None:
             raise
         raise flags.Error(f"{flagfile}: {error}") from error
+    _apply_renamed_flags(flag_values)
+    return rest
 
 
 def _flagfile_setting(flag_name, argv):
@@ -570,17 +630,26 @@ def _check_model_dir(model_dir):
 def flag_dict(flag_values):
     """`{name: value}` of kerakd's flags, but the other methods' (for results.json).
 
+    Every value is named by `canonical_flag_name`: a deprecated alias that is
+    set gives its value to the new name, and unset aliases are left out, so a
+    run recorded under old flag names compares equal to the same recipe.
+
     A method argument whose default is None, resolved by the method (`kd`'s
     `kd_weight`: 0.9, or 9 with logit standardisation), has the value the
     method resolved it to, so that runs of the same recipe compare equal
     however it was spelled.
     """
     owners = _method_flag_owner(flag_values)
+    renamed = renamed_flags()
     chosen = method_names(flag_values.method)
-    values = {
-        f.name: f.value for f in flag_values.get_flags_for_module(__name__)
-        if f.name not in owners or owners[f.name][0] in chosen
-    }
+    values, aliases = {}, {}
+    for f in flag_values.get_flags_for_module(__name__):
+        if f.name in renamed:
+            if f.present:
+                aliases[renamed[f.name]] = f.value
+        elif f.name not in owners or owners[f.name][0] in chosen:
+            values[f.name] = f.value
+    values.update((name, value) for name, value in aliases.items() if name in values)
     unresolved = [n for n, v in values.items() if v is None and n in owners]
     if unresolved:
         hparams = method_hparams(flag_values)
@@ -600,9 +669,11 @@ def flagfile_lines(flag_values):
     """The kerakd flags that differ from their defaults, as sorted flagfile lines.
 
     `--overwrite` is left out: it acts on a directory once, and a flagfile
-    that kept it would move its own run aside instead of resuming it.
+    that kept it would move its own run aside instead of resuming it. So are
+    deprecated aliases: parsing gave their values to the new flags.
     """
+    renamed = renamed_flags()
     return sorted(
         f.serialize() for f in flag_values.get_flags_for_module(__name__)
-        if f.value != f.default and f.name != "overwrite"
+        if f.value != f.default and f.name != "overwrite" and f.name not in renamed
     )

@@ -51,7 +51,7 @@ class KerasLoss(Method):
         self.loss = loss
         self.ce_weight = ce_weight
         self.distill_weight = distill_weight
-        self.term_weights = {"ce": ce_weight, "distill": distill_weight}
+        self.set_term_weights({"ce": ce_weight, "distill": distill_weight})
         layers = {
             side: getattr(loss, f"{side}_layer_name", None) for side in ("student", "teacher")
         }
@@ -67,10 +67,10 @@ class KerasLoss(Method):
         student = self._outputs(data.student, data.student_logits)
         self.loss.validate_outputs(teacher, student)
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "distill": keras.ops.cast(self.loss.compute_loss(teacher, student), "float32"),
-            }
+            })
         )
 
     def get_config(self):

@@ -106,9 +106,9 @@ def test_rkd_terms_match_numpy():
     method = build(kerakd.methods.get("rkd"), [s], [t])
     out = method(data=step([s], [t]))
     distance, angle = np_rkd(s, t)
-    np.testing.assert_allclose(out.losses["rkd_distance"], distance, rtol=1e-5)
-    np.testing.assert_allclose(out.losses["rkd_angle"], angle, rtol=1e-5)
-    assert method.term_weights == {"ce": 1.0, "rkd_distance": 25.0, "rkd_angle": 50.0}
+    np.testing.assert_allclose(out.losses["distance"], distance, rtol=1e-5)
+    np.testing.assert_allclose(out.losses["angle"], angle, rtol=1e-5)
+    assert method.term_weights == {"ce": 1.0, "distance": 25.0, "angle": 50.0}
 
 
 def test_rkd_distance_huber_takes_the_linear_branch_for_large_errors():
@@ -117,7 +117,7 @@ def test_rkd_distance_huber_takes_the_linear_branch_for_large_errors():
     s = features(B, 2, seed=3)
     method = build(kerakd.methods.get("rkd"), [s], [t])
     np.testing.assert_allclose(
-        method(data=step([s], [t])).losses["rkd_distance"], np_rkd(s, t)[0], rtol=1e-5
+        method(data=step([s], [t])).losses["distance"], np_rkd(s, t)[0], rtol=1e-5
     )
 
 
@@ -205,7 +205,7 @@ def test_dkd_terms_match_numpy(temperature):
 
 
 def test_dkd_warmup_ramps_the_weights_per_epoch():
-    method = build(kerakd.methods.get("dkd", alpha=1.0, beta=8.0, warmup=20), [], [])
+    method = build(kerakd.methods.get("dkd", tckd_weight=1.0, nckd_weight=8.0, warmup=20), [], [])
     weights = lambda: [float(method.term_weights[n]) for n in ("tckd", "nckd")]  # noqa: E731
     np.testing.assert_allclose(weights(), [1 / 20, 8 / 20])  # before any callback
     (callback,) = method.callbacks(log_dir=None, sample_images=None)
@@ -307,9 +307,9 @@ def test_gradients_reach_student_and_method_never_teacher(name):
     method = build(kerakd.methods.get(name), [f_s], [f_t])
     with tf.GradientTape() as tape:
         out = method(data=step([f_s], [f_t]))
-        loss = out.losses[name if name != "rkd" else "rkd_angle"]
+        loss = out.losses[name if name != "rkd" else "angle"]
         if name == "rkd":
-            loss += out.losses["rkd_distance"]
+            loss += out.losses["distance"]
     g_s, g_t, *g_method = tape.gradient(loss, [f_s, f_t, *method.trainable_variables])
     assert g_t is None
     assert np.abs(g_s.numpy()).sum() > 0 and np.isfinite(g_s.numpy()).all()
@@ -339,7 +339,7 @@ def test_config_round_trip(name):
     ("pkt", {"pkt_weight": -1}, "pkt_weight"),
     ("vid", {"init_variance": 0.0}, "init_variance"),
     ("dkd", {"temperature": 0}, "temperature"),
-    ("dkd", {"beta": -8}, "beta"),
+    ("dkd", {"nckd_weight": -8}, "nckd_weight"),
 ])
 def test_bad_hyperparameters_are_named(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -347,7 +347,7 @@ def test_bad_hyperparameters_are_named(name, kwargs, match):
 
 
 def test_dkd_warmup_set_before_the_method_is_built_applies_at_build():
-    method = kerakd.methods.get("dkd", alpha=1.0, beta=8.0, warmup=20)
+    method = kerakd.methods.get("dkd", tckd_weight=1.0, nckd_weight=8.0, warmup=20)
     (callback,) = method.callbacks(log_dir=None, sample_images=None)
     callback.on_epoch_begin(9)  # a plain fit: the first epoch begins before the build
     build(method, [], [])

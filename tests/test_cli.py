@@ -221,8 +221,8 @@ def test_method_flags_come_from_constructors():
         for argument in kerakd_flags.method_arguments(name):
             assert f"{name}_{argument}" in flag_values
     assert flag_values["kd_temperature"].flag_type() == "float"  # a default of None resolved by kd
-    assert flag_values["dkd_beta"].flag_type() == "float"
-    assert isinstance(flag_values.fitnet_hint_stage, int)
+    assert flag_values["dkd_nckd_weight"].flag_type() == "float"
+    assert isinstance(flag_values.fitnet_stage, int)
     assert flag_values["kd_temperature"].help.startswith("[kd] T")
 
 
@@ -287,8 +287,8 @@ def test_a_corrupt_idx_file_names_the_file_and_data_dir(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method=fitnet", "--fitnet_hint_stage=7"],
-     "--fitnet_hint_stage=7: `hint_stage=7` is out of range"),
+    (["--method=fitnet", "--fitnet_stage=7"],
+     "--fitnet_stage=7: `stage=7` is out of range"),
     (["--method=semckd", "--batch_size=2"],
      "--batch_size=2 over 1 replica (2 per replica): SemCKD needs a per-replica batch "
      "of at least 4"),

@@ -74,7 +74,7 @@ def test_a_shared_ce_of_different_weights_is_refused_naming_both():
 
 
 def test_same_named_terms_of_two_methods_are_both_kept():
-    method = Compose([FitNet(name="low", hint_stage=0), FitNet(name="high", hint_stage=1)])
+    method = Compose([FitNet(name="low", stage=0), FitNet(name="high", stage=1)])
     spec, data = spec_and_step(method)
     assert set(method.student_taps) == {"low_features", "high_features"}
     method.build(spec)

@@ -228,10 +228,10 @@ def test_logit_standardization_matches_numpy_with_the_ls_weights():
 def test_unset_weights_resolve_to_numbers_in_the_config():
     config = CTKD(logit_standardization=True).get_config()
     assert (config["ce_weight"], config["kd_weight"]) == (0.1, 9.0)
-    assert config["dkd_alpha"] is None and config["dkd_beta"] is None
+    assert config["tckd_weight"] is None and config["nckd_weight"] is None
     assert CTKD(kd_weight=2, logit_standardization=True).kd_weight == 2.0  # the user's value wins
     dkd = CTKD(host="dkd").get_config()
-    assert (dkd["ce_weight"], dkd["dkd_alpha"], dkd["dkd_beta"]) == (1.0, 1.0, 2.0)
+    assert (dkd["ce_weight"], dkd["tckd_weight"], dkd["nckd_weight"]) == (1.0, 1.0, 2.0)
     assert dkd["kd_weight"] is None
     assert CTKD.from_config(dkd).get_config() == dkd
 
@@ -239,12 +239,12 @@ def test_unset_weights_resolve_to_numbers_in_the_config():
 @pytest.mark.parametrize("kwargs, match", [
     ({"host": "mlkd"}, "`host`"),
     ({"host": "dkd", "kd_weight": 0.9}, "`kd_weight` weights a term of host='kd'"),
-    ({"dkd_beta": 8.0}, "`dkd_beta`"),
+    ({"nckd_weight": 8.0}, "`nckd_weight`"),
     ({"t_start": 0.0}, "`t_start`"),
     ({"t_range": -1.0}, "`t_range`"),
     ({"decay_epochs": -1}, "`decay_epochs`"),
     ({"decay_epochs": 2.5}, "`decay_epochs`"),
-    ({"host": "dkd", "dkd_alpha": -1.0}, "`dkd_alpha`"),
+    ({"host": "dkd", "tckd_weight": -1.0}, "`tckd_weight`"),
     ({"kd_weight": -1.0}, "`kd_weight`"),
 ])
 def test_bad_hyperparameters_are_named(kwargs, match):
@@ -287,9 +287,9 @@ def test_a_tiny_ctkd_run_from_the_command_line(tmp_path):
     train.run_with_args(["--method=none", *tiny, "--epochs=1", f"--model_dir={teacher_dir}"])
     results = train.run_with_args(
         ["--method=ctkd", f"--teacher={teacher_dir / 'student.keras'}", *tiny,
-         "--ctkd_host=dkd", "--ctkd_dkd_beta=4", "--ctkd_decay_epochs=2",
+         "--ctkd_host=dkd", "--ctkd_nckd_weight=4", "--ctkd_decay_epochs=2",
          f"--model_dir={tmp_path / 'ctkd'}"])
-    assert results["flags"]["ctkd_dkd_beta"] == 4.0
+    assert results["flags"]["ctkd_nckd_weight"] == 4.0
     lambdas = [epoch["lambda"] for epoch in results["history"]]
     np.testing.assert_allclose(lambdas, [curriculum_lambda(1, 2), curriculum_lambda(2, 2)],
                                rtol=1e-6)

@@ -47,9 +47,10 @@ def np_dist(z_s, z_t, tau=TAU):
     return inter, intra
 
 
-def np_objective(z_s, z_t, y, ce_weight=1.0, kd_weight=2.0, beta=1.0, gamma=1.0, tau=TAU):
+def np_objective(z_s, z_t, y, ce_weight=1.0, kd_weight=2.0, inter_weight=1.0, intra_weight=1.0,
+                 tau=TAU):
     inter, intra = np_dist(z_s, z_t, tau)
-    return ce_weight * np_ce(z_s, y) + kd_weight * (beta * inter + gamma * intra)
+    return ce_weight * np_ce(z_s, y) + kd_weight * (inter_weight * inter + intra_weight * intra)
 
 
 def built(method, batch=B):
@@ -116,7 +117,8 @@ def test_terms_match_numpy_at_b4_k5_tau4():
 
 def test_each_weight_scales_its_own_term():
     z_s, z_t, y = logits(B, K, seed=5), logits(B, K, seed=6), labels_for()
-    hparams = dict(ce_weight=0.5, kd_weight=3.0, beta=0.25, gamma=2.0, temperature=2.0)
+    hparams = dict(ce_weight=0.5, kd_weight=3.0, inter_weight=0.25, intra_weight=2.0,
+                   temperature=2.0)
     method = built(kerakd.methods.get("dist", **hparams))
     out = method(data=step(z_s, z_t, y))
     assert method.term_weights == {"ce": 0.5, "inter": 0.75, "intra": 6.0}
@@ -176,7 +178,7 @@ def test_one_example_batches_give_a_constant_intra_with_finite_gradients():
 
 def test_student_gradient_matches_numpy_and_the_teacher_gets_none():
     z_s, z_t, y = logits(B, K, seed=14), logits(B, K, seed=15), labels_for()
-    method = built(kerakd.methods.get("dist", beta=1.0, gamma=3.0))
+    method = built(kerakd.methods.get("dist", inter_weight=1.0, intra_weight=3.0))
     student, teacher = tf.constant(z_s), tf.constant(z_t)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([student, teacher])
@@ -191,8 +193,8 @@ def test_student_gradient_matches_numpy_and_the_teacher_gets_none():
         up, down = z_s.astype("float64"), z_s.astype("float64")
         up[index] += h
         down[index] -= h
-        expected[index] = (np_objective(up, z_t, y, gamma=3.0)
-                           - np_objective(down, z_t, y, gamma=3.0)) / (2 * h)
+        expected[index] = (np_objective(up, z_t, y, intra_weight=3.0)
+                           - np_objective(down, z_t, y, intra_weight=3.0)) / (2 * h)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
     for term in ("inter", "intra"):
         g = tape.gradient(out.losses[term], student)
@@ -314,8 +316,8 @@ def test_terms_are_float32_under_mixed_precision():
 
 @pytest.mark.parametrize("hparams, message", [
     ({"temperature": 0.0}, "`temperature` must be > 0, got 0.0"),
-    ({"beta": -1.0}, "`beta` must be >= 0, got -1.0"),
-    ({"gamma": -0.5}, "`gamma` must be >= 0, got -0.5"),
+    ({"inter_weight": -1.0}, "`inter_weight` must be >= 0, got -1.0"),
+    ({"intra_weight": -0.5}, "`intra_weight` must be >= 0, got -0.5"),
     ({"kd_weight": -2.0}, "`kd_weight` must be >= 0"),
     ({"ce_weight": -1.0}, "`ce_weight` must be >= 0"),
 ])
@@ -325,7 +327,8 @@ def test_bad_hyperparameters_name_the_argument(hparams, message):
 
 
 def test_config_keeps_every_argument():
-    hparams = dict(ce_weight=0.5, kd_weight=3.0, beta=0.25, gamma=2.0, temperature=1.0)
+    hparams = dict(ce_weight=0.5, kd_weight=3.0, inter_weight=0.25, intra_weight=2.0,
+                   temperature=1.0)
     method = kerakd.methods.get("dist", **hparams)
     config = method.get_config()
     assert {k: config[k] for k in hparams} == hparams
@@ -344,7 +347,7 @@ def test_cifar100_config_follows_the_authors_recipe():
         240, 64, "sgd", 0.05, 0.9)
     assert not fv.nesterov and fv.weight_decay == 5e-4 and fv.augment == "standard"
     assert (kerakd_flags.lr_milestones(fv), fv.lr_decay) == ([150, 180, 210], 0.1)
-    assert (fv.dist_ce_weight, fv.dist_kd_weight, fv.dist_beta, fv.dist_gamma,
+    assert (fv.dist_ce_weight, fv.dist_kd_weight, fv.dist_inter_weight, fv.dist_intra_weight,
             fv.dist_temperature) == (1.0, 2.0, 1.0, 1.0, 4.0)
 
 
@@ -368,10 +371,10 @@ def test_cli_run_end_to_end(tmp_path):
     kerakd.models.get("resnet8", 4, (16, 16, 3)).save(teacher_path)  # synthetic: 4 classes
     model_dir = tmp_path / "run"
     results = train.run_with_args(["--method=dist", f"--teacher={teacher_path}",
-                                   "--dist_temperature=2", "--dist_gamma=0.5", *TINY,
+                                   "--dist_temperature=2", "--dist_intra_weight=0.5", *TINY,
                                    f"--model_dir={model_dir}"])
     assert (model_dir / "student.keras").exists()
-    assert results["flags"]["dist_temperature"] == 2.0 and results["flags"]["dist_gamma"] == 0.5
+    assert results["flags"]["dist_temperature"] == 2.0 and results["flags"]["dist_intra_weight"] == 0.5
     final = results["final_metrics"]
     for name in ("loss", "ce", "inter", "intra", "row_correlation"):
         assert np.isfinite(final[name]), name

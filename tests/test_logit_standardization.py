@@ -51,7 +51,7 @@ def test_kd_with_ls_has_the_authors_defaults_and_loss():
 
 def test_dkd_with_ls_is_dkd_of_the_standardised_logits():
     method = build(kerakd.methods.get("dkd", logit_standardization=True, warmup=0), [], [])
-    assert (method.alpha, method.beta, method.temperature) == (9.0, 72.0, 2.0)
+    assert (method.tckd_weight, method.nckd_weight, method.temperature) == (9.0, 72.0, 2.0)
     z_s, z_t = features(B, K, seed=4) * 3, features(B, K, seed=5) * 6
     y = np.array([0, 1, 2, 3, 4, 0, 1, 2])
     out = method(data=step([], [], z_s, z_t, y))
@@ -111,14 +111,14 @@ def test_ls_round_trips_and_reaches_the_command_line():
     kerakd_flags.define_flags(flag_values)
     kerakd_flags.parse_into(flag_values, ["prog", "--method=kd", "--model_dir=x", "--kd_logit_standardization"])
     assert kerakd_flags.method_hparams(flag_values) == {"kd": {"logit_standardization": True}}
-    kerakd_flags.parse_into(flag_values, ["prog", "--method=dkd", "--model_dir=x", "--dkd_beta=16"])
-    assert kerakd_flags.method_hparams(flag_values)["dkd"] == {"beta": 16}
+    kerakd_flags.parse_into(flag_values, ["prog", "--method=dkd", "--model_dir=x", "--dkd_nckd_weight=16"])
+    assert kerakd_flags.method_hparams(flag_values)["dkd"] == {"nckd_weight": 16}
 
 
 @pytest.mark.parametrize("name, expected", [
     ("kd_ls", {"kd": {"ce_weight": 0.1, "kd_weight": 9, "temperature": 2,
                       "logit_standardization": True}}),
-    ("dkd_ls", {"dkd": {"ce_weight": 1, "alpha": 9, "beta": 72, "temperature": 2, "warmup": 20,
+    ("dkd_ls", {"dkd": {"ce_weight": 1, "tckd_weight": 9, "nckd_weight": 72, "temperature": 2, "warmup": 20,
                         "logit_standardization": True}}),
 ])
 def test_the_ls_configs_give_the_authors_settings(name, expected):

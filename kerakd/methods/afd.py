@@ -58,11 +58,13 @@ class AFD(Method):
     TensorBoard every epoch.
 
     Args:
-        ce_weight: weight of the label cross-entropy (default 1, not
-            1 - alpha).
-        kd_weight: alpha, weight of the KD term (default 0.9).
-        afd_weight: beta, weight of `L_AFD` (default 200 for CIFAR; the
-            paper uses 50 on ImageNet, 1000 for transfer learning).
+        ce_weight: weight of the `ce` term, the label cross-entropy
+            (default 1, not 1 - alpha).
+        kd_weight: weight of the `kd` term, the reference code's alpha
+            (default 0.9).
+        afd_weight: weight of the `afd` term (`L_AFD`), the reference code's
+            beta (default 200 for CIFAR; the paper uses 50 on ImageNet, 1000
+            for transfer learning).
         temperature: T of the KD term (default 4).
         qk_dim: d, the query/key width (default 128).
 
@@ -94,7 +96,7 @@ class AFD(Method):
         self.afd_weight = afd_weight
         self.temperature = temperature
         self.qk_dim = int(qk_dim)
-        self.term_weights = {"ce": ce_weight, "kd": kd_weight, "afd": afd_weight}
+        self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "afd": afd_weight})
 
     def build(self, spec):
         super().build(spec)
@@ -161,11 +163,11 @@ class AFD(Method):
             distance = ops.mean(ops.square(student_values[size] - teacher_values), axis=-1)
             afd += ops.mean(ops.sum(attention[:, t] * distance, axis=-1))
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
                 "afd": afd,
-            }
+            })
         )
 
     def callbacks(self, log_dir, sample_images):

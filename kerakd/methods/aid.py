@@ -79,7 +79,8 @@ class AID(Method):
     second view). Images that are not square keep their shape only under
     180 degrees, so they always get that rotation. The relation term costs
     one more teacher and student forward; with `relation_weight = 0` (like
-    any zero-weight term) it is not computed at all.
+    any zero-weight term, docs/methods/conventions.md) it is not computed
+    and the projection head is not built.
 
     Branch `k` grows from tap `stage<k>` (k = stage index + 1); its accuracy
     is reported as `branch<k>_accuracy`. Branches, adapters and the
@@ -135,8 +136,7 @@ class AID(Method):
         }
         check_non_negative(**{f"{name}_weight": w for name, w in weights.items()})
         check_positive(temperature=temperature, relation_temperature=relation_temperature)
-        if not any(weights.values()):
-            raise ValueError("Every loss weight of AID is 0; give at least one a weight > 0.")
+        self.set_term_weights(weights)
         stages = tuple(stages)
         if (
             not stages
@@ -160,7 +160,6 @@ class AID(Method):
         self.normalize_logits = bool(normalize_logits)
         self.branch_builder = branches.check_builder(branch_builder)
         self.rotation_seed = keras.random.SeedGenerator()
-        self.term_weights = {name: w for name, w in weights.items() if w}
 
     def build(self, spec):
         super().build(spec)
@@ -280,7 +279,7 @@ class AID(Method):
             "orth": lambda: sum(orthogonality(a.kernel) for a in self.adapters),
         }
         return MethodOutput(
-            losses={name: terms[name]() for name in self.term_weights},
+            losses=self.weighted(terms),
             logits={f"branch{s + 1}": z for s, z in zip(self.stages, branch_logits)},
         )
 

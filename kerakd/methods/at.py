@@ -61,8 +61,8 @@ class AT(Method):
     gives `AT`.
 
     Args:
-        ce_weight: gamma (default 1).
-        at_weight: beta (default 1000).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        at_weight: weight of the `at` term, the reference code's beta (default 1000).
 
     Example:
 
@@ -77,7 +77,7 @@ class AT(Method):
         check_non_negative(ce_weight=ce_weight, at_weight=at_weight)
         self.ce_weight = ce_weight
         self.at_weight = at_weight
-        self.term_weights = {"ce": ce_weight, "at": at_weight}
+        self.set_term_weights({"ce": ce_weight, "at": at_weight})
 
     def build(self, spec):
         super().build(spec)
@@ -87,10 +87,10 @@ class AT(Method):
     def call(self, data, training=False):
         pairs = zip(data.student["features"], data.teacher["features"])
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "at": sum(losses.at_loss(*pool_to_smaller(s, t)) for s, t in pairs),
-            }
+            })
         )
 
     def get_config(self):

@@ -1,6 +1,9 @@
 """The contract between a distillation method and the `Distiller`."""
 
 import dataclasses
+import functools
+import inspect
+import warnings
 from typing import Any, Callable, Optional
 
 import keras
@@ -95,7 +98,8 @@ class MethodOutput:
     """What `Method.call` returns.
 
     Attributes:
-        losses: `{term name: unweighted per-replica scalar}`; the objective is
+        losses: `{term name: unweighted per-replica scalar}` of the terms in
+            `method.term_weights` (no zero-weight term); the objective is
             `sum(method.term_weights[name] * value)`.
         logits: extra predictions `{name: (B, K) logits}` whose accuracy the
             Distiller reports as `<name>_accuracy` (heads, self-teachers).
@@ -126,12 +130,18 @@ class Method(keras.layers.Layer):
       the default taps of each role (a tap kind such as `"stages"` or a list
       of layer names); users override them through
       `Distiller(student_taps=..., teacher_taps=...)`.
-    - `term_weights`: `{term name: weight}` for every loss term `call` returns.
+    - `term_weights`: `{term name: weight}` for every loss term `call` returns,
+      set with `set_term_weights`, which leaves out the terms whose weight is
+      0: such a term is neither in the objective nor reported
+      (docs/methods/conventions.md, "Zero-weight terms"); `call` returns the
+      others only (`weighted`).
       A term named `ce` must be the cross-entropy of the student's logits on
       the labels (`losses.cross_entropy(labels, student_logits)`): a
       composition of methods counts it once.
 
-    Hyperparameters are constructor arguments and appear in `get_config()`.
+    Hyperparameters are constructor arguments, named by the rule of
+    docs/methods/conventions.md ("Hyperparameter names"), and appear in
+    `get_config()`.
     """
 
     requires_teacher = True
@@ -143,7 +153,44 @@ class Method(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.term_weights = {}
+        self.zero_weight_terms = ()
         self.spec = None
+
+    def set_term_weights(self, weights):
+        """Sets `term_weights` to `weights` without the terms whose weight is 0.
+
+        Args:
+            weights: `{term name: weight}` of every term the method has, with
+                the weights as numbers (a method whose weights vary in
+                training puts its variables in `term_weights` afterwards).
+
+        The terms left out are listed in `zero_weight_terms`.
+
+        Raises:
+            ValueError: every weight is 0 (the method would train nothing).
+        """
+        zero = tuple(name for name, weight in weights.items() if float(weight) == 0)
+        if len(zero) == len(weights):
+            raise ValueError(
+                f"Every loss weight of {type(self).__name__} is 0 ({', '.join(zero)}); "
+                "give at least one a weight > 0."
+            )
+        self.zero_weight_terms = zero
+        self.term_weights = {name: w for name, w in weights.items() if name not in zero}
+
+    def weighted(self, terms):
+        """The terms of `terms` that have a weight in `term_weights`.
+
+        Args:
+            terms: `{term name: value, or a function of no arguments computing
+                it}`. The function of a zero-weight term is never called, so a
+                costly term (one more forward) costs nothing at weight 0.
+
+        Returns:
+            `{term name: value}`, the `losses` of a `MethodOutput`.
+        """
+        return {name: value() if callable(value) else value
+                for name, value in terms.items() if name in self.term_weights}
 
     @property
     def rewrites_student(self):
@@ -182,6 +229,53 @@ class Method(keras.layers.Layer):
             A list of `keras.callbacks.Callback` (default: none).
         """
         return []
+
+
+def renamed_arguments(**renames):
+    """Keeps old names of constructor arguments working, with a warning.
+
+    Decorates a method's `__init__`: each old name passed as a keyword
+    (`alpha=2`, also in an old saved config) is passed on under its new name
+    and warns with a `FutureWarning` that names the new one. The mapping is
+    kept as `__init__.renamed_arguments`, from which `kerakd.flags` makes the
+    old flags (`--frskd_alpha`) deprecated aliases too.
+
+    Args:
+        **renames: `old name="new name"`.
+
+    Example:
+
+    >>> class FRSKD(Method):
+    ...     @renamed_arguments(alpha="self_kd_weight", beta="self_at_weight")
+    ...     def __init__(self, self_kd_weight=2.0, self_at_weight=100.0, **kwargs): ...
+    """
+
+    def decorate(init):
+        @functools.wraps(init)
+        def wrapper(self, *args, **kwargs):
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                owner = type(self).__name__
+                if new in kwargs:
+                    raise TypeError(
+                        f"{owner} got both `{old}` and `{new}`; `{old}` is the old "
+                        f"name of `{new}`: pass `{new}` only."
+                    )
+                warnings.warn(
+                    f"{owner}: `{old}` is deprecated, use `{new}` (same meaning).",
+                    FutureWarning, stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            init(self, *args, **kwargs)
+
+        # The signature stays the constructor's own: flags are made from it,
+        # and Keras reads it with `getfullargspec`, which ignores `__wrapped__`.
+        wrapper.__signature__ = inspect.signature(init)
+        wrapper.renamed_arguments = dict(renames)
+        return wrapper
+
+    return decorate
 
 
 def check_paired_taps(method, spec, role="features"):

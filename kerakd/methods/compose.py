@@ -153,8 +153,10 @@ class Compose(Method):
         return term if term == SHARED_TERM else f"{method.name}{SEPARATOR}{term}"
 
     def _check_shared_weights(self):
-        weights = {m.name: float(m.term_weights[SHARED_TERM])
-                   for m in self.components if SHARED_TERM in m.term_weights}
+        # A method whose `ce` weight is 0 has no `ce` term, but its weight
+        # still disagrees with another method's non-zero one.
+        weights = {m.name: float(m.term_weights.get(SHARED_TERM, 0.0)) for m in self.components
+                   if SHARED_TERM in m.term_weights or SHARED_TERM in m.zero_weight_terms}
         if len(set(weights.values())) <= 1:
             return
         listed = ", ".join(f"{name}: {weight:g}" for name, weight in weights.items())

@@ -121,9 +121,9 @@ class CRD(Method):
     `MirroredStrategy` every copy holds the same rows.
 
     Args:
-        ce_weight: gamma (default 1).
-        kd_weight: alpha, weight of the KD term (default 1).
-        crd_weight: beta (default 0.8).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        kd_weight: weight of the `kd` term, the reference code's alpha (default 1).
+        crd_weight: weight of the `crd` term, the reference code's beta (default 0.8).
         temperature: T of the KD term (default 4).
         feat_dim: embedding size (default 128).
         negatives: negatives per example, K (default 16384); the queue size.
@@ -167,7 +167,7 @@ class CRD(Method):
         self.num_data = num_data
         self.queue = queue
         self.needs_index = not queue
-        self.term_weights = {"ce": ce_weight, "kd": kd_weight, "crd": crd_weight}
+        self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "crd": crd_weight})
         self.embed_student = Embed(feat_dim, name="embed_student")
         self.embed_teacher = Embed(feat_dim, name="embed_teacher")
 
@@ -278,11 +278,11 @@ class CRD(Method):
         if training:
             self._update_memories(v_s, v_t, index)
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
                 "crd": crd,
-            }
+            })
         )
 
     def get_config(self):

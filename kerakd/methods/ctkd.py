@@ -7,13 +7,14 @@ from keras import ops
 
 from kerakd import losses
 from kerakd.methods import logit_standardization as ls
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.base import (Method, MethodOutput, check_non_negative, check_positive,
+                                 renamed_arguments)
 from kerakd.methods.dkd import dkd_losses
 from kerakd.methods.registry import register
 
 HOSTS = ("kd", "dkd")
 # The weights each host reads; the other host's must stay unset.
-_HOST_WEIGHTS = {"kd": ("kd_weight",), "dkd": ("dkd_alpha", "dkd_beta")}
+_HOST_WEIGHTS = {"kd": ("kd_weight",), "dkd": ("tckd_weight", "nckd_weight")}
 
 
 def gradient_reversal(x, scale):
@@ -89,7 +90,7 @@ class CTKD(Method):
     callback `callbacks()` returns (docs/methods/ctkd.md).
 
     - `host="kd"`: `ce_weight * CE + kd_weight * KD_T(z_s, z_t)`.
-    - `host="dkd"`: `ce_weight * CE + dkd_alpha * TCKD_T + dkd_beta * NCKD_T`
+    - `host="dkd"`: `ce_weight * CE + tckd_weight * TCKD_T + nckd_weight * NCKD_T`
       (no warm-up).
 
     In both, the learned `T` divides the logits and gives the `T^2` factor.
@@ -103,8 +104,10 @@ class CTKD(Method):
         ce_weight: weight of the label cross-entropy (default 0.1 with
             host kd, 1 with host dkd).
         kd_weight: weight of the KD term, host kd only (default 0.9; 9 with LS).
-        dkd_alpha: weight of TCKD, host dkd only (default 1; 9 with LS).
-        dkd_beta: weight of NCKD, host dkd only (default 2; 18 with LS).
+        tckd_weight: weight of the `tckd` term, host dkd only (default 1; 9
+            with LS). Old name: `dkd_alpha`.
+        nckd_weight: weight of the `nckd` term, host dkd only (default 2; 18
+            with LS). Old name: `dkd_beta`.
         t_start: lower bound of the temperature (default 1).
         t_range: width of the temperature's range: `T` lies in
             `(t_start, t_start + t_range)` (default 20).
@@ -123,14 +126,15 @@ class CTKD(Method):
     >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
     """
 
+    @renamed_arguments(dkd_alpha="tckd_weight", dkd_beta="nckd_weight")
     def __init__(self, host="kd", ce_weight: float | None = None,
-                 kd_weight: float | None = None, dkd_alpha: float | None = None,
-                 dkd_beta: float | None = None, t_start=1.0, t_range=20.0, initial_theta=1.0,
-                 decay_epochs=10, logit_standardization=False, **kwargs):
+                 kd_weight: float | None = None, tckd_weight: float | None = None,
+                 nckd_weight: float | None = None, t_start=1.0, t_range=20.0,
+                 initial_theta=1.0, decay_epochs=10, logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
         if host not in HOSTS:
             raise ValueError(f"`host` must be one of {HOSTS}, got {host!r}.")
-        given = {"kd_weight": kd_weight, "dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta}
+        given = {"kd_weight": kd_weight, "tckd_weight": tckd_weight, "nckd_weight": nckd_weight}
         for other in HOSTS:
             for name in _HOST_WEIGHTS[other]:
                 if other != host and given[name] is not None:
@@ -145,22 +149,22 @@ class CTKD(Method):
         if host == "kd":
             ce_weight = float(ls.preset(ce_weight, 0.1, 0.1, on))
             kd_weight = float(ls.preset(kd_weight, 0.9, 9.0, on))
-            self.term_weights = {"ce": ce_weight, "kd": kd_weight}
+            self.set_term_weights({"ce": ce_weight, "kd": kd_weight})
             host_weights = {"kd_weight": kd_weight}
         else:
             ce_weight = float(ls.preset(ce_weight, 1.0, 1.0, on))
-            dkd_alpha = float(ls.preset(dkd_alpha, 1.0, 9.0, on))
-            dkd_beta = float(ls.preset(dkd_beta, 2.0, 18.0, on))
-            self.term_weights = {"ce": ce_weight, "tckd": dkd_alpha, "nckd": dkd_beta}
-            host_weights = {"dkd_alpha": dkd_alpha, "dkd_beta": dkd_beta}
+            tckd_weight = float(ls.preset(tckd_weight, 1.0, 9.0, on))
+            nckd_weight = float(ls.preset(nckd_weight, 2.0, 18.0, on))
+            self.set_term_weights({"ce": ce_weight, "tckd": tckd_weight, "nckd": nckd_weight})
+            host_weights = {"tckd_weight": tckd_weight, "nckd_weight": nckd_weight}
         check_non_negative(ce_weight=ce_weight, t_range=t_range, decay_epochs=decay_epochs,
                            **host_weights)
         check_positive(t_start=t_start)
         self.host = host
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
-        self.dkd_alpha = dkd_alpha
-        self.dkd_beta = dkd_beta
+        self.tckd_weight = tckd_weight
+        self.nckd_weight = nckd_weight
         self.t_start = float(t_start)
         self.t_range = float(t_range)
         self.initial_theta = float(initial_theta)
@@ -210,7 +214,7 @@ class CTKD(Method):
             "theta": ops.cast(self.theta, "float32"),
             **ls.scale_metrics(data, self.logit_standardization),
         }
-        return MethodOutput(losses=terms, metrics=metrics)
+        return MethodOutput(losses=self.weighted(terms), metrics=metrics)
 
     def callbacks(self, log_dir, sample_images):
         return [CurriculumLambda(self)]
@@ -221,8 +225,8 @@ class CTKD(Method):
             host=self.host,
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
-            dkd_alpha=self.dkd_alpha,
-            dkd_beta=self.dkd_beta,
+            tckd_weight=self.tckd_weight,
+            nckd_weight=self.nckd_weight,
             t_start=self.t_start,
             t_range=self.t_range,
             initial_theta=self.initial_theta,

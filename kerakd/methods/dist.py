@@ -3,7 +3,8 @@
 from keras import ops
 
 from kerakd import losses
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.base import (Method, MethodOutput, check_non_negative, check_positive,
+                                 renamed_arguments)
 from kerakd.methods.registry import register
 
 
@@ -75,21 +76,23 @@ def dist_losses(student_logits, teacher_logits, temperature=4.0):
 
 @register("dist")
 class DIST(Method):
-    """`ce_weight * CE + kd_weight * (beta * inter + gamma * intra)` (docs/methods/dist.md).
+    """`ce_weight * CE + kd_weight * (inter_weight * inter + intra_weight * intra)`.
 
     DIST matches the student's softened class probabilities to the
     teacher's by correlation rather than by KL: per example across the
     classes (`inter`) and per class across the batch (`intra`, computed on
-    each replica's own examples).
+    each replica's own examples). Documented in docs/methods/dist.md.
 
     Args:
         ce_weight: weight of the label cross-entropy (default 1).
-        kd_weight: weight of the whole DIST term, `beta * inter + gamma * intra`
-            (default 2).
-        beta: weight of the inter-class relation `inter`, times `kd_weight`
-            (default 1).
-        gamma: weight of the intra-class relation `intra`, times `kd_weight`
-            (default 1).
+        kd_weight: weight of the whole distillation term,
+            `inter_weight * inter + intra_weight * intra` (default 2).
+        inter_weight: weight of the `inter` term (the inter-class
+            relation), times `kd_weight`; the paper's beta (default 1). Old
+            name: `beta`.
+        intra_weight: weight of the `intra` term (the intra-class
+            relation), times `kd_weight`; the paper's gamma (default 1). Old
+            name: `gamma`.
         temperature: tau, the softmax temperature (default 4, the CIFAR
             setting; the authors use 1 on ImageNet).
 
@@ -99,32 +102,34 @@ class DIST(Method):
     >>> distiller = kerakd.Distiller(student, method, teacher)
     """
 
-    def __init__(self, ce_weight=1.0, kd_weight=2.0, beta=1.0, gamma=1.0, temperature=4.0,
-                 **kwargs):
+    @renamed_arguments(beta="inter_weight", gamma="intra_weight")
+    def __init__(self, ce_weight=1.0, kd_weight=2.0, inter_weight=1.0, intra_weight=1.0,
+                 temperature=4.0, **kwargs):
         super().__init__(**kwargs)
-        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, beta=beta, gamma=gamma)
+        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, inter_weight=inter_weight,
+                           intra_weight=intra_weight)
         check_positive(temperature=temperature)
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
-        self.beta = beta
-        self.gamma = gamma
+        self.inter_weight = inter_weight
+        self.intra_weight = intra_weight
         self.temperature = temperature
-        self.term_weights = {
+        self.set_term_weights({
             "ce": ce_weight,
-            "inter": kd_weight * beta,
-            "intra": kd_weight * gamma,
-        }
+            "inter": kd_weight * inter_weight,
+            "intra": kd_weight * intra_weight,
+        })
 
     def call(self, data, training=False):
         inter, intra, row_correlation = dist_losses(
             data.student_logits, data.teacher_logits, self.temperature
         )
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "inter": inter,
                 "intra": intra,
-            },
+            }),
             metrics={"row_correlation": ops.stop_gradient(row_correlation)},
         )
 
@@ -133,8 +138,8 @@ class DIST(Method):
         config.update(
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
-            beta=self.beta,
-            gamma=self.gamma,
+            inter_weight=self.inter_weight,
+            intra_weight=self.intra_weight,
             temperature=self.temperature,
         )
         return config

@@ -5,7 +5,8 @@ from keras import ops
 
 from kerakd import losses
 from kerakd.methods import logit_standardization as ls
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.base import (Method, MethodOutput, check_non_negative, check_positive,
+                                 renamed_arguments)
 from kerakd.methods.registry import register
 
 # Subtracted from the target logit / T to drop it from a softmax, as in
@@ -68,7 +69,7 @@ def warmup_factor(epoch, warmup):
 
 
 class DKDWarmup(keras.callbacks.Callback):
-    """Sets the DKD term weights to `alpha, beta x warmup_factor(epoch)` each epoch.
+    """Sets the DKD term weights to `tckd_weight, nckd_weight x warmup_factor(epoch)` each epoch.
 
     Keras counts epochs from 0; mdistiller from 1, so epoch `e` of Keras uses
     `warmup_factor(e + 1)`. Resuming with `initial_epoch` continues the ramp.
@@ -84,7 +85,7 @@ class DKDWarmup(keras.callbacks.Callback):
 
 @register("dkd")
 class DKD(Method):
-    """`ce_weight * CE + w(epoch) * (alpha * TCKD + beta * NCKD)` (mdistiller).
+    """`ce_weight * CE + w(epoch) * (tckd_weight * TCKD + nckd_weight * NCKD)` (mdistiller).
 
     `w(epoch) = min(epoch / warmup, 1)` ramps the DKD terms in over the first
     `warmup` epochs. The weights of `tckd` and `nckd` are non-trainable
@@ -95,60 +96,68 @@ class DKD(Method):
 
     Args:
         ce_weight: weight of the label cross-entropy (default 1).
-        alpha: weight of TCKD after warm-up (default 1; 9 with LS).
-        beta: weight of NCKD after warm-up (default 8, the authors' value for
-            resnet32x4 -> resnet8x4; 72 with LS).
+        tckd_weight: weight of the `tckd` term after warm-up, the paper's
+            alpha (default 1; 9 with LS). Old name: `alpha`.
+        nckd_weight: weight of the `nckd` term after warm-up, the paper's
+            beta (default 8, the authors' value for resnet32x4 -> resnet8x4;
+            72 with LS). Old name: `beta`.
         temperature: T (default 4; 2 with LS).
         warmup: epochs of the linear ramp (default 20; 0 disables it).
         logit_standardization: standardise both logits per example before
             the target/non-target split (default False). The unset
             hyperparameters then take the LS authors' values for
-            resnet32x4 -> resnet8x4: `temperature` 2 and `alpha`, `beta`
-            multiplied by their KD weight 9 (9 and 72). The warm-up stays.
+            resnet32x4 -> resnet8x4: `temperature` 2 and `tckd_weight`,
+            `nckd_weight` multiplied by their KD weight 9 (9 and 72). The
+            warm-up stays.
 
     Example:
 
-    >>> method = kerakd.methods.get("dkd", beta=8)
-    >>> dkd_ls = kerakd.methods.get("dkd", logit_standardization=True)   # alpha 9, beta 72, T 2
+    >>> method = kerakd.methods.get("dkd", nckd_weight=8)
+    >>> dkd_ls = kerakd.methods.get("dkd", logit_standardization=True)   # TCKD 9, NCKD 72, T 2
     >>> distiller = kerakd.Distiller(student, method, teacher)
     >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
     """
 
-    def __init__(self, ce_weight=1.0, alpha: float | None = None, beta: float | None = None,
-                 temperature: float | None = None, warmup=20,
-                 logit_standardization=False, **kwargs):
+    @renamed_arguments(alpha="tckd_weight", beta="nckd_weight")
+    def __init__(self, ce_weight=1.0, tckd_weight: float | None = None,
+                 nckd_weight: float | None = None, temperature: float | None = None,
+                 warmup=20, logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
-        alpha = ls.preset(alpha, 1.0, 9.0, logit_standardization)
-        beta = ls.preset(beta, 8.0, 72.0, logit_standardization)
+        tckd_weight = ls.preset(tckd_weight, 1.0, 9.0, logit_standardization)
+        nckd_weight = ls.preset(nckd_weight, 8.0, 72.0, logit_standardization)
         temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
-        check_non_negative(ce_weight=ce_weight, alpha=alpha, beta=beta, warmup=warmup)
+        check_non_negative(ce_weight=ce_weight, tckd_weight=tckd_weight,
+                           nckd_weight=nckd_weight, warmup=warmup)
         check_positive(temperature=temperature)
         self.ce_weight = ce_weight
-        self.alpha = alpha
-        self.beta = beta
+        self.tckd_weight = tckd_weight
+        self.nckd_weight = nckd_weight
         self.temperature = temperature
         self.warmup = warmup
         self.logit_standardization = bool(logit_standardization)
         self._warmup_epoch = 1
+        # Until build, the configured weights; build puts the warm-up's
+        # variables in their place.
+        self.set_term_weights({"ce": ce_weight, "tckd": tckd_weight, "nckd": nckd_weight})
 
     def build(self, spec):
         super().build(spec)
         # The epoch a callback set before the method was built (a `fit` builds
         # the Distiller on its first batch, after `on_epoch_begin`).
         factor = warmup_factor(self._warmup_epoch, self.warmup)
-        self.tckd_weight = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.alpha * factor),
+        # Both variables exist whatever the weights, so the saved weights do
+        # not depend on them.
+        self.tckd_epoch_weight = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.tckd_weight * factor),
             trainable=False, name="tckd_weight", aggregation="only_first_replica",
         )
-        self.nckd_weight = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.beta * factor),
+        self.nckd_epoch_weight = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(self.nckd_weight * factor),
             trainable=False, name="nckd_weight", aggregation="only_first_replica",
         )
-        self.term_weights = {
-            "ce": self.ce_weight,
-            "tckd": self.tckd_weight,
-            "nckd": self.nckd_weight,
-        }
+        warmed = {"tckd": self.tckd_epoch_weight, "nckd": self.nckd_epoch_weight}
+        self.term_weights = {name: warmed.get(name, weight)
+                             for name, weight in self.term_weights.items()}
 
     def set_warmup_epoch(self, epoch):
         """Sets the term weights for the 1-based `epoch` of the ramp."""
@@ -156,18 +165,18 @@ class DKD(Method):
         if not self.built:
             return  # build starts from it
         factor = warmup_factor(epoch, self.warmup)
-        self.tckd_weight.assign(self.alpha * factor)
-        self.nckd_weight.assign(self.beta * factor)
+        self.tckd_epoch_weight.assign(self.tckd_weight * factor)
+        self.nckd_epoch_weight.assign(self.nckd_weight * factor)
 
     def call(self, data, training=False):
         student_logits, teacher_logits = ls.logits_for_terms(data, self.logit_standardization)
         tckd, nckd = dkd_losses(student_logits, teacher_logits, data.labels, self.temperature)
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "tckd": tckd,
                 "nckd": nckd,
-            },
+            }),
             metrics=ls.scale_metrics(data, self.logit_standardization),
         )
 
@@ -178,8 +187,8 @@ class DKD(Method):
         config = super().get_config()
         config.update(
             ce_weight=self.ce_weight,
-            alpha=self.alpha,
-            beta=self.beta,
+            tckd_weight=self.tckd_weight,
+            nckd_weight=self.nckd_weight,
             temperature=self.temperature,
             warmup=self.warmup,
             logit_standardization=self.logit_standardization,

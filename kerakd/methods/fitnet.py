@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kerakd import losses
-from kerakd.methods.base import Method, MethodOutput, check_non_negative
+from kerakd.methods.base import Method, MethodOutput, check_non_negative, renamed_arguments
 from kerakd.methods.registry import register
 from kerakd.models import layers as zoo_layers
 from kerakd.nn import layers as nn_layers
@@ -20,10 +20,11 @@ class FitNet(Method):
     taps so that they do.
 
     Args:
-        ce_weight: gamma (default 1).
-        hint_weight: beta (default 100).
-        hint_stage: index into the `"stages"` taps of both networks (default 1:
-            the second stage, RepDistiller's `hint_layer=2`).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        hint_weight: weight of the `hint` term, the reference code's beta (default 100).
+        stage: index into the `"stages"` taps of both networks (default 1:
+            the second stage, RepDistiller's `hint_layer=2`). Old name:
+            `hint_stage`.
 
     Example:
 
@@ -33,22 +34,23 @@ class FitNet(Method):
     student_taps = {"features": "stages"}
     teacher_taps = {"features": "stages"}
 
-    def __init__(self, ce_weight=1.0, hint_weight=100.0, hint_stage=1, **kwargs):
+    @renamed_arguments(hint_stage="stage")
+    def __init__(self, ce_weight=1.0, hint_weight=100.0, stage=1, **kwargs):
         super().__init__(**kwargs)
         check_non_negative(ce_weight=ce_weight, hint_weight=hint_weight)
         self.ce_weight = ce_weight
         self.hint_weight = hint_weight
-        self.hint_stage = hint_stage
-        self.term_weights = {"ce": ce_weight, "hint": hint_weight}
+        self.stage = stage
+        self.set_term_weights({"ce": ce_weight, "hint": hint_weight})
 
     def _pair(self, student, teacher):
         for side, taps in (("student", student), ("teacher", teacher)):
-            if not -len(taps) <= self.hint_stage < len(taps):
+            if not -len(taps) <= self.stage < len(taps):
                 raise ValueError(
-                    f"`hint_stage={self.hint_stage}` is out of range: the "
+                    f"`stage={self.stage}` is out of range: the "
                     f"{side} has {len(taps)} taps."
                 )
-        return student[self.hint_stage], teacher[self.hint_stage]
+        return student[self.stage], teacher[self.stage]
 
     def build(self, spec):
         super().build(spec)
@@ -73,10 +75,10 @@ class FitNet(Method):
         hint = ops.cast(hint, "float32")
         f_t = ops.stop_gradient(ops.cast(f_t, "float32"))
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "hint": ops.mean(ops.square(hint - f_t)),
-            }
+            })
         )
 
     def get_config(self):
@@ -84,6 +86,6 @@ class FitNet(Method):
         config.update(
             ce_weight=self.ce_weight,
             hint_weight=self.hint_weight,
-            hint_stage=self.hint_stage,
+            stage=self.stage,
         )
         return config

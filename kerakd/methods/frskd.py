@@ -6,7 +6,8 @@ from keras import ops
 from kerakd import losses
 from kerakd.attention_maps import AttentionMapImages
 from kerakd.blocks.bifpn import bifpnc
-from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
+from kerakd.methods.base import (Method, MethodOutput, check_non_negative, check_positive,
+                                 renamed_arguments)
 from kerakd.methods.registry import register
 
 
@@ -16,8 +17,8 @@ class FRSKD(Method):
 
     The objective (docs/methods/frskd.md) is
 
-        CE(z_c, y) + CE(z_t, y) + alpha * KD_T(z_c, stopgrad(z_t))
-            + beta * sum_i AT(f_i, stopgrad(relu(o_i)))
+        CE(z_c, y) + CE(z_t, y) + self_kd_weight * KD_T(z_c, stopgrad(z_t))
+            + self_at_weight * sum_i AT(f_i, stopgrad(relu(o_i)))
 
     with `f_i` the classifier's stage features, `relu(o_i)` the self-teacher's
     refined maps and `z_t` its logits. KD and AT train only the classifier;
@@ -28,17 +29,19 @@ class FRSKD(Method):
     accuracy is reported as `self_teacher_accuracy`. (`self_kd` is not named
     `kd`: it distils from the self-teacher, not from a teacher network.) The
     self-teacher lives in the method, so `distiller.student` exports without it. With soft labels
-    (MixUp/CutMix) both CE terms are mixed. `beta=0` gives FRSKD\\F.
+    (MixUp/CutMix) both CE terms are mixed. `self_at_weight=0` gives FRSKD\\F.
 
     The stage taps pass through a ReLU before use, as the authors' code feeds
     `relu(f_i)` to the self-teacher: a no-op for post-ReLU taps (the CIFAR
     ResNets), the rectified stage output for raw residual sums (the WRNs).
 
     Args:
-        alpha: weight of the KD term (default 2, CIFAR-100; 3 TinyImageNet;
-            1 fine-grained and ImageNet).
-        beta: weight of the summed AT terms (default 100; 200 fine-grained
-            and ImageNet; 0 for FRSKD\\F).
+        self_kd_weight: weight of the `self_kd` term, the paper's alpha
+            (default 2, CIFAR-100; 3 TinyImageNet; 1 fine-grained and
+            ImageNet). Old name: `alpha`.
+        self_at_weight: weight of the `self_at` term (the summed AT terms),
+            the paper's beta (default 100; 200 fine-grained and ImageNet; 0
+            for FRSKD\\F). Old name: `beta`.
         temperature: T of the KD term (default 4).
         width: channel multiplier of the self-teacher: level `i` works at
             `width * c_i` channels (default 2).
@@ -46,25 +49,28 @@ class FRSKD(Method):
     Example:
 
     >>> student = kerakd.models.get("resnet18_cifar", num_classes=100)
-    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("frskd", beta=0))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("frskd", self_at_weight=0))
     """
 
     requires_teacher = False
     student_taps = {"features": "stages"}
 
-    def __init__(self, alpha=2.0, beta=100.0, temperature=4.0, width=2, **kwargs):
+    @renamed_arguments(alpha="self_kd_weight", beta="self_at_weight")
+    def __init__(self, self_kd_weight=2.0, self_at_weight=100.0, temperature=4.0, width=2,
+                 **kwargs):
         super().__init__(**kwargs)
-        check_non_negative(alpha=alpha, beta=beta)
+        check_non_negative(self_kd_weight=self_kd_weight, self_at_weight=self_at_weight)
         check_positive(temperature=temperature, width=width)
         if int(width) != width:
             raise ValueError(f"`width` must be a whole number, got {width}.")
-        self.alpha = alpha
-        self.beta = beta
+        self.self_kd_weight = self_kd_weight
+        self.self_at_weight = self_at_weight
         self.temperature = temperature
         self.width = int(width)
-        self.term_weights = {
-            "ce": 1.0, "self_teacher_ce": 1.0, "self_kd": alpha, "self_at": beta
-        }
+        self.set_term_weights({
+            "ce": 1.0, "self_teacher_ce": 1.0, "self_kd": self_kd_weight,
+            "self_at": self_at_weight,
+        })
 
     def build(self, spec):
         super().build(spec)
@@ -92,14 +98,15 @@ class FRSKD(Method):
             data.student["features"], training=training
         )
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "self_teacher_ce": losses.cross_entropy(data.labels, teacher_logits),
                 "self_kd": losses.kd_loss(
                     data.student_logits, teacher_logits, self.temperature
                 ),
-                "self_at": sum(losses.at_loss(f, r) for f, r in zip(features, refined)),
-            },
+                "self_at": lambda: sum(
+                    losses.at_loss(f, r) for f, r in zip(features, refined)),
+            }),
             logits={"self_teacher": teacher_logits},
         )
 
@@ -122,8 +129,8 @@ class FRSKD(Method):
     def get_config(self):
         config = super().get_config()
         config.update(
-            alpha=self.alpha,
-            beta=self.beta,
+            self_kd_weight=self.self_kd_weight,
+            self_at_weight=self.self_at_weight,
             temperature=self.temperature,
             width=self.width,
         )

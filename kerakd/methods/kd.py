@@ -16,8 +16,10 @@ class KD(Method):
     temperature), `ce_weight` 0.1 as without LS.
 
     Args:
-        ce_weight: gamma, weight of the label cross-entropy (default 0.1).
-        kd_weight: alpha, weight of the KD term (default 0.9; 9 with LS).
+        ce_weight: weight of the `ce` term, the label cross-entropy
+            (default 0.1).
+        kd_weight: weight of the `kd` term, the reference code's alpha
+            (default 0.9; 9 with LS).
         temperature: T (default 4; 2 with LS).
         logit_standardization: standardise the logits the KD term compares
             (default False).
@@ -39,15 +41,15 @@ class KD(Method):
         self.kd_weight = kd_weight
         self.temperature = temperature
         self.logit_standardization = bool(logit_standardization)
-        self.term_weights = {"ce": ce_weight, "kd": kd_weight}
+        self.set_term_weights({"ce": ce_weight, "kd": kd_weight})
 
     def call(self, data, training=False):
         student_logits, teacher_logits = ls.logits_for_terms(data, self.logit_standardization)
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "kd": losses.kd_loss(student_logits, teacher_logits, self.temperature),
-            },
+            }),
             metrics=ls.scale_metrics(data, self.logit_standardization),
         )
 

@@ -97,7 +97,7 @@ class LFMA(Method):
 
     KL terms average over the examples. Feature Map Cutout masks each head's
     input in training. A term whose weight is 0 is neither computed nor
-    reported (choice: it cannot change training). Each head's accuracy is
+    reported (docs/methods/conventions.md, "Zero-weight terms"). Each head's accuracy is
     reported as `head<k>_accuracy`, k the 1-based tap index, and the
     ensemble's as `ensemble_accuracy`. Heads live in the method: the exported
     student is the plain backbone.
@@ -155,8 +155,6 @@ class LFMA(Method):
             raise ValueError(
                 f"`fmc_probability` is a probability and must be in [0, 1], got {fmc_probability}."
             )
-        if not any(weights.values()):
-            raise ValueError("Every loss weight of LFMA is 0; give at least one a weight > 0.")
         self.kd_weight = kd_weight
         self.head_kd_weight = head_kd_weight
         self.ce_weight = ce_weight
@@ -167,7 +165,7 @@ class LFMA(Method):
         self.include_last = bool(include_last)
         self.head_builder = branches.check_builder(head_builder)
         self.cutout = FeatureMapCutout(fmc_probability, name="fmc")
-        self.term_weights = {name: w for name, w in weights.items() if w}
+        self.set_term_weights(weights)
         self.prepared_taps = None
         if prepared_taps:
             self._use_prepared_taps(prepared_taps)
@@ -276,7 +274,7 @@ class LFMA(Method):
         predictions = {f"head{i + 1}": z for i, z in zip(self.head_taps, head_logits)}
         predictions["ensemble"] = target
         return MethodOutput(
-            losses={name: terms[name]() for name in self.term_weights},
+            losses=self.weighted(terms),
             logits=predictions,
         )
 

@@ -121,8 +121,9 @@ class MLKD(Method):
         L = ce_weight * (ce + ce_strong) + kd_weight * (kd + cc + bc)
 
     Args:
-        ce_weight: weight of both label cross-entropies (default 0.1).
-        kd_weight: weight of the kd, cc and bc terms (default 0.9; 9 with LS).
+        ce_weight: weight of the `ce` and `ce_strong` terms, the label
+            cross-entropies of both views (default 0.1).
+        kd_weight: weight of the `kd`, `cc` and `bc` terms (default 0.9; 9 with LS).
         temperatures: the temperatures `Ts` (default 4, 3, 5, 2, 6); the
             first is replaced by `base_temperature`.
         masking: `"reference"` (default: the authors' code, where the
@@ -167,8 +168,8 @@ class MLKD(Method):
         self.masking = masking
         self.logit_standardization = bool(logit_standardization)
         self.base_temperature = float(base_temperature)
-        self.term_weights = {"ce": ce_weight, "ce_strong": ce_weight, "kd": kd_weight,
-                             "cc": kd_weight, "bc": kd_weight}
+        self.set_term_weights({"ce": ce_weight, "ce_strong": ce_weight, "kd": kd_weight,
+                               "cc": kd_weight, "bc": kd_weight})
 
     @property
     def used_temperatures(self):
@@ -210,7 +211,7 @@ class MLKD(Method):
             cc = sum(class_consistency(s_w, t_w, t, class_mask) for t in temperatures)
             bc = sum(batch_consistency(s_w, t_w, t, example_mask) for t in temperatures)
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, s_w),
                 "ce_strong": losses.cross_entropy(data.labels, s_s),
                 "kd": kept_kd + strong_sum,
@@ -222,7 +223,7 @@ class MLKD(Method):
                 "f_K": f_k,
                 "teacher_confidence": ops.mean(confidence),
                 **ls.scale_metrics(data, self.logit_standardization),
-            },
+            }),
         )
 
     def get_config(self):

@@ -41,8 +41,8 @@ class PKT(Method):
     on its own examples (docs/methods/conventions.md).
 
     Args:
-        ce_weight: gamma (default 1).
-        pkt_weight: beta (default 30000).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        pkt_weight: weight of the `pkt` term, the reference code's beta (default 30000).
 
     Example:
 
@@ -57,7 +57,7 @@ class PKT(Method):
         check_non_negative(ce_weight=ce_weight, pkt_weight=pkt_weight)
         self.ce_weight = ce_weight
         self.pkt_weight = pkt_weight
-        self.term_weights = {"ce": ce_weight, "pkt": pkt_weight}
+        self.set_term_weights({"ce": ce_weight, "pkt": pkt_weight})
 
     def build(self, spec):
         super().build(spec)
@@ -66,10 +66,10 @@ class PKT(Method):
     def call(self, data, training=False):
         (f_s,), (f_t,) = data.student["features"], data.teacher["features"]
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "pkt": pkt_loss(f_s, f_t),
-            }
+            })
         )
 
     def get_config(self):

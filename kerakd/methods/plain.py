@@ -18,7 +18,7 @@ class Plain(Method):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.term_weights = {"ce": 1.0}
+        self.set_term_weights({"ce": 1.0})
 
     def call(self, data, training=False):
         return MethodOutput(

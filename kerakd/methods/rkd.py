@@ -51,9 +51,9 @@ class RKD(Method):
     RepDistiller's `RKDLoss` on the penultimate embeddings (`feat[-1]`).
 
     Args:
-        ce_weight: gamma (default 1).
-        distance_weight: weight of the distance term (default 25).
-        angle_weight: weight of the angle term (default 50).
+        ce_weight: weight of the `ce` term (default 1).
+        distance_weight: weight of the `distance` term (default 25).
+        angle_weight: weight of the `angle` term (default 50).
 
     Example:
 
@@ -71,11 +71,11 @@ class RKD(Method):
         self.ce_weight = ce_weight
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
-        self.term_weights = {
+        self.set_term_weights({
             "ce": ce_weight,
-            "rkd_distance": distance_weight,
-            "rkd_angle": angle_weight,
-        }
+            "distance": distance_weight,
+            "angle": angle_weight,
+        })
 
     def build(self, spec):
         super().build(spec)
@@ -84,11 +84,11 @@ class RKD(Method):
     def call(self, data, training=False):
         (f_s,), (f_t,) = data.student["features"], data.teacher["features"]
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "rkd_distance": rkd_distance_loss(f_s, f_t),
-                "rkd_angle": rkd_angle_loss(f_s, f_t),
-            }
+                "distance": rkd_distance_loss(f_s, f_t),
+                "angle": rkd_angle_loss(f_s, f_t),
+            })
         )
 
     def get_config(self):

@@ -100,10 +100,13 @@ class SemCKD(Method):
     attention links student taps to teacher taps of similar semantics.
 
     Args:
-        ce_weight: gamma, weight of the label cross-entropy (default 1).
-        kd_weight: alpha, weight of the KD term (default 1).
-        semckd_weight: beta, weight of `L_SemCKD` (default 400 for CIFAR;
-            the paper uses 50 on ImageNet).
+        ce_weight: weight of the `ce` term (the label cross-entropy), the
+            reference code's gamma (default 1).
+        kd_weight: weight of the `kd` term, the reference code's alpha
+            (default 1).
+        semckd_weight: weight of the `semckd` term (`L_SemCKD`), the
+            reference code's beta (default 400 for CIFAR; the paper uses 50
+            on ImageNet).
         temperature: T of the KD term (default 4).
         tau: attention temperature, `logits = <q, k> / tau`. 1 is the paper's
             SemCKD (no `1/sqrt(d)` scaling); 2 or 4 give the softened
@@ -140,7 +143,7 @@ class SemCKD(Method):
         self.semckd_weight = semckd_weight
         self.temperature = temperature
         self.tau = tau
-        self.term_weights = {"ce": ce_weight, "kd": kd_weight, "semckd": semckd_weight}
+        self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "semckd": semckd_weight})
 
     def build(self, spec):
         super().build(spec)
@@ -231,11 +234,11 @@ class SemCKD(Method):
             num_teacher,
         )
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
                 "semckd": _association_mean(attention, distances),
-            },
+            }),
             metrics={"sm_score": ops.stop_gradient(_association_mean(attention, gram_errors))},
         )
 

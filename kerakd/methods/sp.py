@@ -36,8 +36,8 @@ class SP(Method):
     is compared, the last stage of both networks: RepDistiller's `feat[-2]`.
 
     Args:
-        ce_weight: gamma (default 1).
-        sp_weight: beta (default 3000).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        sp_weight: weight of the `sp` term, the reference code's beta (default 3000).
         stage: index into the `"stages"` taps of both networks of the pair to
             compare (default -1, the last). `None` compares every pair of the
             taps, i.e. every stage, or the user's `student_taps`/
@@ -57,7 +57,7 @@ class SP(Method):
         self.ce_weight = ce_weight
         self.sp_weight = sp_weight
         self.stage = stage
-        self.term_weights = {"ce": ce_weight, "sp": sp_weight}
+        self.set_term_weights({"ce": ce_weight, "sp": sp_weight})
 
     def _pairs(self, student, teacher):
         if len(student) != len(teacher):
@@ -82,10 +82,10 @@ class SP(Method):
     def call(self, data, training=False):
         pairs = self._pairs(data.student["features"], data.teacher["features"])
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "sp": sum(sp_loss(s, t) for s, t in pairs),
-            }
+            })
         )
 
     def get_config(self):

@@ -65,8 +65,8 @@ class VID(Method):
     RepDistiller trains it with gamma 1, beta 1 (`-a 0 -b 1`).
 
     Args:
-        ce_weight: gamma (default 1).
-        vid_weight: beta (default 1).
+        ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
+        vid_weight: weight of the `vid` term, the reference code's beta (default 1).
         init_variance: initial variance of every channel (default 5).
         min_variance: lower bound added to the variance (default 1e-5).
 
@@ -92,7 +92,7 @@ class VID(Method):
         self.vid_weight = vid_weight
         self.init_variance = init_variance
         self.min_variance = min_variance
-        self.term_weights = {"ce": ce_weight, "vid": vid_weight}
+        self.set_term_weights({"ce": ce_weight, "vid": vid_weight})
 
     def build(self, spec):
         super().build(spec)
@@ -139,10 +139,10 @@ class VID(Method):
             mean = regressor(f_s, training=training)
             terms.append(vid_loss(mean, f_t, log_scale, self.min_variance))
         return MethodOutput(
-            losses={
+            losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
                 "vid": sum(terms),
-            }
+            })
         )
 
     def get_config(self):
