@@ -16,10 +16,19 @@ class Registry:
 
     Example:
 
-    >>> methods = Registry("method")
-    >>> @methods.register("kd")
-    ... class KD(Method): ...
-    >>> methods.get("kd", temperature=4)
+    >>> from kerakd.registry import Registry
+    >>> schedules = Registry("schedule")
+    >>> @schedules.register("constant")
+    ... def constant(rate=0.1):
+    ...     return lambda epoch: rate
+    >>> schedules.available()
+    ['constant']
+    >>> schedules.get("constant", rate=0.05)(epoch=3)
+    0.05
+    >>> schedules.get("constnt")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown schedule 'constnt'. Did you mean ['constant']? Available: ['constant'].
     """
 
     def __init__(self, kind):

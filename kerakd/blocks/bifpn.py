@@ -40,7 +40,11 @@ class FastNormalizedFusion(keras.layers.Layer):
 
     Example:
 
+    >>> from kerakd.blocks.bifpn import FastNormalizedFusion
+    >>> lateral, upsampled = np.ones((1, 2, 2, 3)), np.full((1, 2, 2, 3), 4.0)
     >>> fused = FastNormalizedFusion(name="td0_fusion")([lateral, upsampled])
+    >>> keras.ops.convert_to_numpy(fused)[0, 0, 0].round(4)   # weights 1/2, 1/2 at the start
+    array([2.5, 2.5, 2.5], dtype=float32)
     """
 
     def __init__(self, epsilon=1e-6, **kwargs):
@@ -138,8 +142,13 @@ def bifpnc(feature_shapes, num_classes, width=2, name="bifpnc"):
 
     Example:
 
-    >>> teacher = bifpnc([(8, 16, 16, 16), (8, 8, 8, 32), (8, 4, 4, 64)], 100)
+    >>> from kerakd.blocks.bifpn import bifpnc
+    >>> shapes = [(8, 16, 16, 16), (8, 8, 8, 32), (8, 4, 4, 64)]   # resnet8's stages
+    >>> teacher = bifpnc(shapes, 100)
+    >>> features = [np.random.rand(*shape).astype("float32") for shape in shapes]
     >>> *refined, logits = teacher(features, training=True)
+    >>> [tuple(f.shape) for f in refined], tuple(logits.shape)   # width 2: twice the channels
+    ([(8, 16, 16, 32), (8, 8, 8, 64), (8, 4, 4, 128)], (8, 100))
     """
     check_pyramid(feature_shapes)
     inputs = [

@@ -13,10 +13,17 @@ a `(B, D)` tensor, where `target_shape` is the shape of the deepest tap.
 
 Example:
 
->>> tap = keras.Input((16, 16, 16))
+>>> from kerakd.blocks import branches
+>>> branches.builders.available()
+['separable']
+>>> tap = keras.Input((16, 16, 16))   # a stage1 tap; the deepest tap is 4x4x64
 >>> build = branches.builders.factory("separable")
 >>> features = build(tap, target_shape=(None, 4, 4, 64), name="head1")
+>>> features.shape
+(None, 64)
 >>> head = keras.Model(tap, keras.layers.Dense(10)(features))
+>>> head.output_shape
+(None, 10)
 """
 
 import keras

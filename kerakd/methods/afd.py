@@ -70,10 +70,18 @@ class AFD(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("afd")
     >>> distiller = kerakd.Distiller(student, method, teacher)
-    >>> distiller.fit(train_ds, epochs=240,
-    ...               callbacks=method.callbacks("runs/afd/logs", None))
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'kd': 0.9, 'afd': 200.0}
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> {name: tuple(f.shape) for name, f in distiller.student_features(images).items()}
+    {'block1': (8, 16, 16, 16), 'block2': (8, 8, 8, 32), 'block3': (8, 4, 4, 64)}
+    >>> [type(c).__name__ for c in method.callbacks("runs/afd/logs", None)]   # for fit
+    ['LinkMatrixLogger']
     """
 
     student_taps = {"features": "blocks"}

@@ -105,8 +105,14 @@ class AID(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("aid", stages=(1,))   # one branch, on stage2
     >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'kd': 1.0, 'feat': 1.0, 'logit': 1.0, 'task': 1.0, 'relation': 10.0,
+     'orth': 0.03}
     """
 
     student_taps = {"features": "stages"}

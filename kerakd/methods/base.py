@@ -243,11 +243,19 @@ def renamed_arguments(**renames):
     Args:
         **renames: `old name="new name"`.
 
-    Example:
+    Example (FRSKD's `__init__` has `@renamed_arguments(alpha="self_kd_weight",
+    beta="self_at_weight")`):
 
-    >>> class FRSKD(Method):
-    ...     @renamed_arguments(alpha="self_kd_weight", beta="self_at_weight")
-    ...     def __init__(self, self_kd_weight=2.0, self_at_weight=100.0, **kwargs): ...
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     method = kerakd.methods.get("frskd", alpha=1.0)
+    >>> method.self_kd_weight
+    1.0
+    >>> print(caught[0].category.__name__, caught[0].message)
+    FutureWarning FRSKD: `alpha` is deprecated, use `self_kd_weight` (same meaning).
+    >>> type(method).__init__.renamed_arguments
+    {'alpha': 'self_kd_weight', 'beta': 'self_at_weight'}
     """
 
     def decorate(init):

@@ -54,8 +54,15 @@ class Compose(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("fitnet+crd", crd={"num_data": 50000})
-    >>> method.term_weights   # after build: ce, fitnet/hint, crd/kd, crd/crd
+    >>> [type(part).__name__ for part in method.components]
+    ['FitNet', 'CRD']
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> method.term_weights
+    {'ce': 1.0, 'fitnet/hint': 100.0, 'crd/kd': 1.0, 'crd/crd': 0.8}
     """
 
     def __init__(self, methods, **kwargs):

@@ -134,9 +134,18 @@ class CRD(Method):
 
     Example:
 
-    >>> method = kerakd.methods.get("crd", num_data=50000)
-    >>> kerakd.Distiller(student, method, teacher).fit(indexed_ds)
-    >>> kerakd.methods.get("crd", queue=True, negatives=4096)   # no indices
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> method = kerakd.methods.get("crd", num_data=8)   # the training set's size
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'kd': 1.0, 'crd': 0.8}
+    >>> x = {"images": np.random.rand(8, 16, 16, 3).astype("float32"),
+    ...      "index": np.arange(8)}   # each example's row of the memory bank
+    >>> sorted(distiller.compute_loss_terms(x, np.arange(8)))
+    ['ce', 'crd', 'kd']
+    >>> queue = kerakd.methods.get("crd", queue=True, negatives=4096)   # batches need no index
     """
 
     student_taps = {"features": "penultimate"}

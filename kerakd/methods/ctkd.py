@@ -120,10 +120,18 @@ class CTKD(Method):
 
     Example:
 
-    >>> method = kerakd.methods.get("ctkd")                  # 0.1 CE + 0.9 KD_T, T learned
-    >>> dkd_host = kerakd.methods.get("ctkd", host="dkd")    # CE + TCKD_T + 2 NCKD_T
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> method = kerakd.methods.get("ctkd")   # 0.1 CE + 0.9 KD_T, T learned
     >>> distiller = kerakd.Distiller(student, method, teacher, weight_decay=5e-4)
-    >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> method.term_weights
+    {'ce': 0.1, 'kd': 0.9}
+    >>> [type(c).__name__ for c in method.callbacks("logs", None)]   # for fit: lambda's curriculum
+    ['CurriculumLambda']
+    >>> dkd_host = kerakd.methods.get("ctkd", host="dkd")   # CE + TCKD_T + 2 NCKD_T
+    >>> dkd_host.ce_weight, dkd_host.tckd_weight, dkd_host.nckd_weight
+    (1.0, 1.0, 2.0)
     """
 
     @renamed_arguments(dkd_alpha="tckd_weight", dkd_beta="nckd_weight")

@@ -98,8 +98,12 @@ class DIST(Method):
 
     Example:
 
-    >>> method = kerakd.methods.get("dist")   # CE + 2 * inter + 2 * intra at tau = 4
-    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("dist"), teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights   # CE + 2 * inter + 2 * intra at tau = 4
+    {'ce': 1.0, 'inter': 2.0, 'intra': 2.0}
     """
 
     @renamed_arguments(beta="inter_weight", gamma="intra_weight")

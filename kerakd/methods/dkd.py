@@ -112,10 +112,18 @@ class DKD(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("dkd", nckd_weight=8)
-    >>> dkd_ls = kerakd.methods.get("dkd", logit_standardization=True)   # TCKD 9, NCKD 72, T 2
     >>> distiller = kerakd.Distiller(student, method, teacher)
-    >>> distiller.fit(ds, epochs=240, callbacks=method.callbacks(log_dir, None))
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> {name: round(float(w), 4) for name, w in method.term_weights.items()}   # epoch 1 of 20
+    {'ce': 1.0, 'tckd': 0.05, 'nckd': 0.4}
+    >>> [type(c).__name__ for c in method.callbacks("logs", None)]   # for fit: the warm-up
+    ['DKDWarmup']
+    >>> dkd_ls = kerakd.methods.get("dkd", logit_standardization=True)
+    >>> dkd_ls.tckd_weight, dkd_ls.nckd_weight, dkd_ls.temperature
+    (9.0, 72.0, 2.0)
     """
 
     @renamed_arguments(alpha="tckd_weight", beta="nckd_weight")

@@ -28,7 +28,17 @@ class FitNet(Method):
 
     Example:
 
-    >>> kerakd.Distiller(student, kerakd.methods.get("fitnet"), teacher)
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("fitnet"), teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'hint': 100.0}
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> {name: tuple(f.shape) for name, f in distiller.student_features(images).items()}
+    {'stage1': (8, 16, 16, 16), 'stage2': (8, 8, 8, 32), 'stage3': (8, 4, 4, 64)}
+    >>> {name: tuple(f.shape) for name, f in distiller.teacher_features(images).items()}
+    {'stage1': (8, 16, 16, 64), 'stage2': (8, 8, 8, 128), 'stage3': (8, 4, 4, 256)}
     """
 
     student_taps = {"features": "stages"}

@@ -48,8 +48,15 @@ class FRSKD(Method):
 
     Example:
 
-    >>> student = kerakd.models.get("resnet18_cifar", num_classes=100)
-    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("frskd", self_at_weight=0))
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("frskd"))   # no teacher
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'self_teacher_ce': 1.0, 'self_kd': 2.0, 'self_at': 100.0}
+    >>> no_at = kerakd.Distiller(student, kerakd.methods.get("frskd", self_at_weight=0))
+    >>> no_at.build((8, 16, 16, 3))
+    >>> no_at.method.term_weights   # a zero weight drops its term
+    {'ce': 1.0, 'self_teacher_ce': 1.0, 'self_kd': 2.0}
     """
 
     requires_teacher = False

@@ -26,8 +26,15 @@ class KD(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 0.1, 'kd': 0.9}
     >>> kd_ls = kerakd.methods.get("kd", logit_standardization=True)  # 9 KD_2(n(z_s), n(z_t))
+    >>> kd_ls.kd_weight, kd_ls.temperature
+    (9.0, 2.0)
     """
 
     def __init__(self, ce_weight=0.1, kd_weight: float | None = None,

@@ -35,8 +35,17 @@ class FeatureMapCutout(keras.layers.Layer):
 
     Example:
 
-    >>> cutout = FeatureMapCutout(0.25)
-    >>> y = cutout(features, training=True)   # ~25% of positions are zero
+    >>> from kerakd.methods.lfma import FeatureMapCutout
+    >>> cutout = FeatureMapCutout(0.25, seed=0)
+    >>> features = np.ones((8, 16, 16, 32), "float32")
+    >>> y = keras.ops.convert_to_numpy(cutout(features, training=True))
+    >>> round(float((y == 0).mean()), 2)   # ~25% of positions are zero
+    0.25
+    >>> zero = y == 0
+    >>> bool((zero.all(-1) == zero.any(-1)).all())   # a position loses all its channels
+    True
+    >>> bool((keras.ops.convert_to_numpy(cutout(features)) == features).all())   # inference
+    True
     """
 
     def __init__(self, rate=0.25, seed=None, **kwargs):
@@ -121,7 +130,13 @@ class LFMA(Method):
 
     Example:
 
-    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("lfma"))
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("lfma"))   # no teacher
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'kd': 1.0, 'head_kd': 1.0, 'ce': 1.0, 'head_ce': 1.0}
+    >>> distiller.method.count_params()   # the heads: the method's, not the student's
+    18564
     """
 
     requires_teacher = False
@@ -200,7 +215,11 @@ class LFMA(Method):
         same mask. The exported student then keeps these layers (identity at
         inference, no weights). Call it before building the `Distiller`:
 
+        >>> method = kerakd.methods.get("lfma", fmc_in_backbone=True)
+        >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
         >>> student = method.prepare_student(student)
+        >>> [layer.name for layer in student.layers if layer.name.endswith("_fmc")]
+        ['stage1_fmc', 'stage2_fmc']
         >>> distiller = kerakd.Distiller(student, method)
         """
         if not self.fmc_in_backbone:
@@ -314,7 +333,11 @@ class DSN(LFMA):
 
     Example:
 
-    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("dsn"))
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("dsn"))   # no teacher
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'head_ce': 1.0}
     """
 
     def __init__(

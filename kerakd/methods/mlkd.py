@@ -139,10 +139,20 @@ class MLKD(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("mlkd")
     >>> distiller = kerakd.Distiller(student, method, teacher)
-    >>> train_ds, val_ds, info = kerakd.data.load("cifar100", 64, views=("weak", "strong"))
-    >>> distiller.fit(train_ds, validation_data=val_ds, epochs=240)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 0.1, 'ce_strong': 0.1, 'kd': 0.9, 'cc': 0.9, 'bc': 0.9}
+    >>> weak = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> x = {"images": weak, "strong_images": weak[:, ::-1]}   # two views of each image
+    >>> sorted(distiller.compute_loss_terms(x, np.arange(8)))
+    ['bc', 'cc', 'ce', 'ce_strong', 'kd']
+
+    `kerakd.data.load("cifar100", 64, views=("weak", "strong"))` gives such
+    batches, with RandAugment and Cutout for the strong view.
     """
 
     needs_strong_view = True

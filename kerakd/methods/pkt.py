@@ -46,7 +46,17 @@ class PKT(Method):
 
     Example:
 
-    >>> kerakd.Distiller(student, kerakd.methods.get("pkt"), teacher)
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("pkt"), teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'pkt': 30000.0}
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> {name: tuple(f.shape) for name, f in distiller.student_features(images).items()}
+    {'pool': (8, 64)}
+    >>> {name: tuple(f.shape) for name, f in distiller.teacher_features(images).items()}
+    {'pool': (8, 256)}
     """
 
     student_taps = {"features": "penultimate"}

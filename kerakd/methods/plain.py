@@ -11,7 +11,11 @@ class Plain(Method):
 
     Example:
 
-    >>> distiller = kerakd.Distiller(model, "none")
+    >>> model = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(model, "none")   # no teacher
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0}
     """
 
     requires_teacher = False

@@ -57,7 +57,17 @@ class RKD(Method):
 
     Example:
 
-    >>> kerakd.Distiller(student, kerakd.methods.get("rkd"), teacher)
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, kerakd.methods.get("rkd"), teacher)
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'distance': 25.0, 'angle': 50.0}
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> {name: tuple(f.shape) for name, f in distiller.student_features(images).items()}
+    {'pool': (8, 64)}
+    >>> {name: tuple(f.shape) for name, f in distiller.teacher_features(images).items()}
+    {'pool': (8, 256)}
     """
 
     student_taps = {"features": "penultimate"}

@@ -114,10 +114,15 @@ class SemCKD(Method):
 
     Example:
 
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = kerakd.methods.get("semckd", tau=2.0)
     >>> distiller = kerakd.Distiller(student, method, teacher)
-    >>> distiller.fit(train_ds.batch(64, drop_remainder=True), epochs=240,
-    ...               callbacks=method.callbacks("runs/semckd/logs", None))
+    >>> distiller.build((8, 16, 16, 3))   # as fit does on the first batch
+    >>> distiller.method.term_weights
+    {'ce': 1.0, 'kd': 1.0, 'semckd': 400.0}
+    >>> [type(c).__name__ for c in method.callbacks("runs/semckd/logs", None)]   # for fit
+    ['LinkMatrixLogger']
     """
 
     student_taps = {"features": "stages"}
