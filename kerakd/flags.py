@@ -1,7 +1,7 @@
 """Flags of `kerakd-train`, with one flag per hyperparameter of every method.
 
 Each registered method's constructor arguments become `--<method>_<argument>`
-flags (`--kd_temperature`, `--fitnet_hint_stage`), typed by their defaults
+flags (`--kd_temperature`, `--fitnet_stage`), typed by their defaults
 (bool, int, float, str; lists and tuples as comma lists; other defaults as
 Python literals), with the help text of the method docstring's Args section.
 Only the chosen method's flags may be set.

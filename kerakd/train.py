@@ -135,7 +135,7 @@ def _taps_text(flag_values):
 def _build_distiller(distiller, flag_values, image_shape, replicas):
     """Builds the Distiller (and so the method) for the per-replica batch; a
     method that cannot be built so names the flags at fault: its
-    hyperparameter (`--fitnet_hint_stage=7`), `--batch_size` and the replica
+    hyperparameter (`--fitnet_stage=7`), `--batch_size` and the replica
     count, or the method, student and taps."""
     fv = flag_values
     per_replica = fv.batch_size // replicas
