@@ -82,7 +82,8 @@ def precision_policy(mixed_precision):
 
     Example:
 
-    >>> kerakd.devices.precision_policy(False)
+    >>> from kerakd.devices import precision_policy
+    >>> precision_policy(False)
     'float32'
     """
     if not mixed_precision:

@@ -23,7 +23,8 @@ def learning_rate_schedule(base, milestones=(), decay=0.1, warmup_epochs=0):
 
     Example:
 
-    >>> schedule = kerakd.optimization.learning_rate_schedule(0.05, [150, 180, 210])
+    >>> from kerakd.optimization import learning_rate_schedule
+    >>> schedule = learning_rate_schedule(0.05, [150, 180, 210])
     >>> schedule(149), round(schedule(150), 6)
     (0.05, 0.005)
     """

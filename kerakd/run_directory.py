@@ -225,8 +225,19 @@ def flag_changes(model_dir, flag_values):
 
     Example:
 
-    >>> fv = kerakd.flags.parse(["kerakd-train", *args])
-    >>> if not flag_changes(fv.model_dir, fv): ...   # the same recipe
+    >>> import os, tempfile
+    >>> from kerakd.run_directory import flag_changes
+    >>> run = tempfile.mkdtemp()
+    >>> with open(os.path.join(run, "run.flags"), "w") as file:
+    ...     _ = file.write(f"--method=none\\n--epochs=10\\n--model_dir={run}\\n")
+    >>> again = kerakd.flags.parse(["kerakd-train", "--method=none", "--epochs=10",
+    ...                             f"--model_dir={run}"])
+    >>> flag_changes(run, again)
+    []
+    >>> longer = kerakd.flags.parse(["kerakd-train", "--method=none", "--epochs=20",
+    ...                              f"--model_dir={run}"])
+    >>> flag_changes(run, longer)
+    ['--epochs: 10 -> 20']
     """
     before = kerakd_flags.flag_dict(kerakd_flags.parse(
         ["kerakd-train", f"--flagfile={os.path.join(model_dir, RUN_FLAGS)}"]))
