@@ -167,6 +167,7 @@ def worker(option, cases, connection, verbose_file=None):
         else:
             import tensorflow as tf
 
+            tf.get_logger().setLevel("ERROR")  # one tf.function per case: no retracing notes
             if "intra" in settings:
                 tf.config.threading.set_intra_op_parallelism_threads(settings["intra"])
             if "inter" in settings:
