@@ -87,8 +87,14 @@ def synchronize_batchnorm(model):
 
     Example:
 
+    >>> import tensorflow as tf
+    >>> from kerakd.distribute import synchronize_batchnorm
+    >>> strategy = tf.distribute.MirroredStrategy()   # every local GPU (here: the CPU)
     >>> with strategy.scope():
-    ...     student = synchronize_batchnorm(kerakd.models.get("resnet8x4"))
+    ...     student = synchronize_batchnorm(kerakd.models.get("resnet8x4", 10, (16, 16, 3)))
+    >>> {layer.synchronized for layer in student.layers
+    ...  if isinstance(layer, keras.layers.BatchNormalization)}
+    {True}
     """
     import keras
 

@@ -6,11 +6,20 @@ flags (`--kd_temperature`, `--fitnet_stage`), typed by their defaults
 Python literals), with the help text of the method docstring's Args section.
 Only the chosen method's flags may be set.
 
-Example:
+Example (`--flagfile=configs/kd.flags` reads the same flags from a file):
 
->>> flag_values = kerakd.flags.parse(["kerakd-train", "--flagfile=configs/kd.flags"])
->>> kerakd.flags.check_flags(flag_values)
->>> kerakd.flags.method_hparams(flag_values)      # {"kd": {"temperature": 4.0}}
+>>> from kerakd import flags
+>>> flag_values = flags.parse(["kerakd-train", "--method=kd", "--teacher=teacher.keras",
+...                            "--kd_temperature=2", "--model_dir=runs/kd"])
+>>> flags.check_flags(flag_values)   # reads no file
+>>> flags.method_hparams(flag_values)   # the flags set; the others keep the method's defaults
+{'kd': {'temperature': 2.0}}
+>>> flag_values.student, flag_values.dataset, flag_values.epochs   # kerakd-train's defaults
+('resnet8x4', 'cifar100', 240)
+>>> flags.check_flags(flags.parse(["kerakd-train", "--method=kd", "--model_dir=runs/kd"]))
+Traceback (most recent call last):
+...
+absl.app.UsageError: --method=kd distills from a teacher: pass --teacher. Train one with --method=none: its student.keras is the teacher.
 """
 
 import ast
@@ -129,8 +138,9 @@ def docstring_args(docstring):
 
     Example:
 
+    >>> from kerakd.flags import docstring_args
     >>> docstring_args(kerakd.methods.registry.factory("kd").__doc__)["temperature"]
-    'T (default 4).'
+    'T (default 4; 2 with LS).'
     """
     found, current, indent = {}, None, None
     in_args = False

@@ -33,9 +33,18 @@ class KerasLoss(Method):
 
     Example:
 
+    >>> from kerakd.interop import from_keras
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8", 10, (16, 16, 3))   # the same pool width, 64
     >>> loss = keras.distillation.FeatureDistillation(
     ...     "mse", teacher_layer_name="pool", student_layer_name="pool")
-    >>> kerakd.Distiller(student, from_keras(loss), teacher)
+    >>> distiller = kerakd.Distiller(student, from_keras(loss), teacher)
+    >>> distiller.build((8, 16, 16, 3))
+    >>> distiller.method.term_weights
+    {'ce': 0.5, 'distill': 0.5}
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> list(distiller.student_features(images)), list(distiller.teacher_features(images))
+    (['pool'], ['pool'])
     """
 
     def __init__(self, loss, ce_weight=0.5, distill_weight=0.5, **kwargs):
@@ -90,8 +99,16 @@ def from_keras(loss, ce_weight=0.5, distill_weight=0.5):
 
     Example:
 
+    >>> from kerakd.interop import from_keras
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> method = from_keras(keras.distillation.LogitsDistillation(temperature=4))
-    >>> kerakd.Distiller(student, method, teacher).fit(ds)
+    >>> distiller = kerakd.Distiller(student, method, teacher)
+    >>> distiller.build((8, 16, 16, 3))
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> terms = distiller.compute_loss_terms(images, np.arange(8))
+    >>> sorted(terms)   # each also a metric of fit
+    ['ce', 'distill']
     """
     return KerasLoss(loss, ce_weight=ce_weight, distill_weight=distill_weight)
 
@@ -110,6 +127,18 @@ class KDLoss(keras.distillation.DistillationLoss):
 
     Example:
 
+    >>> from kerakd.interop import KDLoss
+    >>> teacher_logits = np.array([[4.0, 0.0, 0.0]], dtype="float32")
+    >>> student_logits = np.zeros((1, 3), dtype="float32")
+    >>> float(KDLoss(temperature=4).compute_loss(teacher_logits, student_logits))
+    1.97...
+    >>> float(kerakd.losses.kd_loss(student_logits, teacher_logits, temperature=4))   # the same
+    1.97...
+
+    In Keras's own Distiller, as its `distillation_losses`:
+
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
     >>> distiller = keras.distillation.Distiller(
     ...     teacher, student, KDLoss(temperature=4), student_loss_weight=0.1)
     """

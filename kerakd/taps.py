@@ -18,10 +18,15 @@ kind rather than by name, and so that the convention survives saving:
 
 Example:
 
->>> teacher = kerakd.models.get("resnet32x4", num_classes=100)
->>> names = resolve_taps(teacher, "stages")       # ['stage1', 'stage2', 'stage3']
+>>> from kerakd.taps import resolve_taps, tap_model
+>>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+>>> names = resolve_taps(teacher, "stages")
+>>> names, resolve_taps(teacher, "penultimate")
+(['stage1', 'stage2', 'stage3'], ['pool'])
 >>> tapped = tap_model(teacher, names)
->>> *features, logits = tapped(images, training=False)
+>>> *features, logits = tapped(np.zeros((2, 16, 16, 3)), training=False)
+>>> [tuple(f.shape) for f in features], tuple(logits.shape)
+([(2, 16, 16, 64), (2, 8, 8, 128), (2, 4, 4, 256)], (2, 10))
 """
 
 import difflib
