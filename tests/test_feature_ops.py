@@ -1,6 +1,7 @@
 """`feature_ops`: the fast whole-ratio paths of `adaptive_average_pool` give
 PyTorch's adaptive-pooling bins, as the general path does; `l2_normalize` and
-`cosine_similarity_matrix` are `F.normalize` and its cosines bit for bit."""
+`cosine_similarity_matrix` with the floor on the norm are `F.normalize` and
+its cosines bit for bit."""
 
 import numpy as np
 import pytest
@@ -60,7 +61,8 @@ def value_and_gradients(fn, *inputs):
 
 
 def divided_by_clamped_norm(x, epsilon=1e-12):
-    """`x / max(||x||, epsilon)`, as PyTorch's `F.normalize` writes it."""
+    """`x / max(||x||, epsilon)`, as `F.normalize` (and AID, before it used
+    `feature_ops`) writes it."""
     norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
     return x / ops.maximum(norm, epsilon)
 
@@ -72,11 +74,24 @@ def features(*shape, seed=0):
 
 
 @pytest.mark.parametrize("shape", [(16, 64), (4, 5, 3)])
-def test_l2_normalize_is_f_normalize_bit_for_bit(shape):
+def test_l2_normalize_with_epsilon_on_the_norm_is_f_normalize_bit_for_bit(shape):
     x = features(*shape)
-    for ours, reference in zip(value_and_gradients(feature_ops.l2_normalize, x),
-                               value_and_gradients(divided_by_clamped_norm, x)):
-        np.testing.assert_array_equal(ours, reference)
+    ours = value_and_gradients(
+        lambda v: feature_ops.l2_normalize(v, epsilon_on="norm"), x)
+    for actual, expected in zip(ours, value_and_gradients(divided_by_clamped_norm, x)):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_both_floors_give_the_same_values_and_zero_for_a_zero_vector():
+    x = features(16, 64)
+    squares = np.asarray(feature_ops.l2_normalize(x))
+    norm = np.asarray(feature_ops.l2_normalize(x, epsilon_on="norm"))
+    np.testing.assert_allclose(squares, norm, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(squares[0], 0.0)
+    np.testing.assert_array_equal(norm[0], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(squares[1:], axis=-1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="epsilon_on"):
+        feature_ops.l2_normalize(x, epsilon_on="sum")
 
 
 def test_cosine_matrix_of_rows_and_columns_is_unit_rows_times_unit_columns():
@@ -85,9 +100,10 @@ def test_cosine_matrix_of_rows_and_columns_is_unit_rows_times_unit_columns():
     def reference(a, b):
         return ops.matmul(divided_by_clamped_norm(a), ops.transpose(divided_by_clamped_norm(b)))
 
-    for ours, expected in zip(value_and_gradients(feature_ops.cosine_similarity_matrix, rows, columns),
-                              value_and_gradients(reference, rows, columns)):
-        np.testing.assert_array_equal(ours, expected)
+    ours = value_and_gradients(
+        lambda a, b: feature_ops.cosine_similarity_matrix(a, b, epsilon_on="norm"), rows, columns)
+    for actual, expected in zip(ours, value_and_gradients(reference, rows, columns)):
+        np.testing.assert_array_equal(actual, expected)
     np.testing.assert_array_equal(feature_ops.cosine_similarity_matrix(rows),
                                   feature_ops.cosine_similarity_matrix(rows, rows))
 
@@ -96,4 +112,5 @@ def test_attention_map_normalises_to_the_same_values():
     # Its own formula (see l2_normalize's docstring) gives the same values.
     f = np.abs(features(4, 8, 8, 16))
     energy = ops.reshape(ops.mean(f * f, axis=-1), (4, -1))
-    np.testing.assert_array_equal(losses.attention_map(f), feature_ops.l2_normalize(energy))
+    np.testing.assert_array_equal(losses.attention_map(f),
+                                  feature_ops.l2_normalize(energy, epsilon_on="norm"))

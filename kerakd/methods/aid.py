@@ -48,7 +48,9 @@ def orthogonality(kernel):
 
 def cosine_matrix(rows, columns):
     """`A[b, k] = cos(rows[b], columns[k])` of the features in float32."""
-    return cosine_similarity_matrix(ops.cast(rows, "float32"), ops.cast(columns, "float32"))
+    return cosine_similarity_matrix(
+        ops.cast(rows, "float32"), ops.cast(columns, "float32"), epsilon_on="norm"
+    )
 
 
 @register("aid")

@@ -10,26 +10,31 @@ import numpy as np
 from keras import ops
 
 
-def l2_normalize(x, axis=-1, epsilon=1e-12):
+def l2_normalize(x, axis=-1, epsilon=1e-12, epsilon_on="squares"):
     """`x / max(||x||, epsilon)` along `axis`: PyTorch's `F.normalize`.
 
-    The norm is `sqrt(max(sum x^2, epsilon^2))`, the same value, written so
-    that a zero vector (RKD's `e_i - e_i`) gets a zero gradient rather than
-    the NaN of differentiating `sqrt` at 0 (under XLA). Without XLA it gives
-    `x / max(sqrt(sum x^2), epsilon)` bit for bit, values and gradients
-    (`tests/test_feature_ops.py`).
+    `epsilon_on` says where the floor applies, two writings of the same value
+    whose last bits differ (TensorFlow's graph optimizer turns a division by
+    a square root into a product with its reciprocal, so the first form is
+    rounded differently); each method keeps the one its numbers were
+    benchmarked with:
 
-    Two normalisations keep their own formula, because theirs give other
-    last bits than this one and their methods' numbers stay as they were
-    benchmarked: `kerakd.losses.attention_map` (squares as `e * e`, whose
-    gradient rounds differently) and the `keras.ops.normalize(x,
-    epsilon=1e-12)` of SemCKD and AFD (`x * min(rsqrt(sum x^2), 1e12)`, the
-    same floor as `F.normalize`).
+    - `"squares"` (default; CRD, SP, PKT, RKD): `x / sqrt(max(sum x^2,
+      epsilon^2))`, so that a zero vector (RKD's `e_i - e_i`) gets a zero
+      gradient rather than the NaN of differentiating `sqrt` at 0.
+    - `"norm"` (AID): `x / max(sqrt(sum x^2), epsilon)`, as `F.normalize`
+      writes it.
+
+    Two normalisations keep a formula of their own, for the same reason:
+    `kerakd.losses.attention_map` (squares as `e * e`, whose gradient rounds
+    differently from `square(e)`'s) and the `keras.ops.normalize(x,
+    epsilon=1e-12)` of SemCKD and AFD (`x * min(rsqrt(sum x^2), 1e12)`).
 
     Args:
         x: a float tensor.
         axis: the axis normalised to unit length.
         epsilon: the smallest norm divided by (PyTorch's default, 1e-12).
+        epsilon_on: `"squares"` or `"norm"`, see above.
 
     Example:
 
@@ -40,22 +45,27 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
            [0. , 0. ]], dtype=float32)
     """
     squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
+    if epsilon_on == "squares":
+        return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
+    if epsilon_on == "norm":
+        return x / ops.maximum(ops.sqrt(squares), epsilon)
+    raise ValueError(f"`epsilon_on` is 'squares' or 'norm', got {epsilon_on!r}.")
 
 
-def cosine_similarity_matrix(rows, columns=None):
+def cosine_similarity_matrix(rows, columns=None, epsilon_on="squares"):
     """Cosines between the rows of `rows` and those of `columns`.
 
     Args:
         rows: `(..., N, D)`.
         columns: `(..., M, D)`; default `rows` (normalised once, so the
             gradient of both sides meets before the normalisation).
+        epsilon_on: where `l2_normalize` applies its floor.
 
     Returns:
         `(..., N, M)`: entry `[i, k]` is `cos(rows[i], columns[k])`.
     """
-    rows = l2_normalize(rows)
-    columns = rows if columns is None else l2_normalize(columns)
+    rows = l2_normalize(rows, epsilon_on=epsilon_on)
+    columns = rows if columns is None else l2_normalize(columns, epsilon_on=epsilon_on)
     return ops.matmul(rows, ops.swapaxes(columns, -1, -2))
 
 
