@@ -65,6 +65,14 @@ def _masked_squared_error(teacher_gram, student_gram, mask):
     return ops.sum(error * mask[:, None] * mask[None, :]) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def _softened(student_logits, teacher_logits, temperature):
+    """`(P_s, P_t)`, each side's `softmax(z / T)` in float32; `P_t` a
+    stop-gradient target."""
+    p_s = ops.softmax(_f32(student_logits) / temperature, axis=-1)
+    p_t = ops.softmax(ops.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
+    return p_s, p_t
+
+
 def class_consistency(student_logits, teacher_logits, temperature, class_mask=None):
     """MLKD's class-level term: `sum_{k,l} (P_t^T P_t - P_s^T P_s)^2 / K`.
 
@@ -77,8 +85,7 @@ def class_consistency(student_logits, teacher_logits, temperature, class_mask=No
         class_mask: optional `(K,)` 0/1 classes to keep (rows and columns),
             dividing by their count instead of `K`.
     """
-    p_s = ops.softmax(_f32(student_logits) / temperature, axis=-1)
-    p_t = ops.softmax(ops.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
+    p_s, p_t = _softened(student_logits, teacher_logits, temperature)
     return _masked_squared_error(ops.matmul(ops.transpose(p_t), p_t),
                                  ops.matmul(ops.transpose(p_s), p_s), class_mask)
 
@@ -90,13 +97,11 @@ def batch_consistency(student_logits, teacher_logits, temperature, example_mask=
     Batch-coupled (per replica).
 
     Args:
-        student_logits, teacher_logits: `(B, K)`.
-        temperature: T.
-        example_mask: optional `(B,)` 0/1 examples to keep (rows and columns),
-            dividing by their count instead of `B`.
+        student_logits, teacher_logits, temperature: as `class_consistency`.
+        example_mask: optional `(B,)` 0/1 examples to keep (rows and
+            columns), dividing by their count instead of `B`.
     """
-    p_s = ops.softmax(_f32(student_logits) / temperature, axis=-1)
-    p_t = ops.softmax(ops.stop_gradient(_f32(teacher_logits)) / temperature, axis=-1)
+    p_s, p_t = _softened(student_logits, teacher_logits, temperature)
     return _masked_squared_error(ops.matmul(p_t, ops.transpose(p_t)),
                                  ops.matmul(p_s, ops.transpose(p_s)), example_mask)
 

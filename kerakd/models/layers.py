@@ -59,36 +59,36 @@ def _pytorch_padding(x, kernel_size, strides, name):
     return x, "same"
 
 
-def conv(x, filters, kernel_size, strides=1, name=None, groups=1, init="kaiming_fan_out"):
-    """A bias-free convolution with PyTorch's symmetric `padding=k//2`,
-    initialized by `init` (a key of `CONV_INITS`)."""
+def _padded_conv(layer, kind, x, kernel_size, strides, name, init, **kwargs):
+    """Applies a bias-free `layer` (a Keras convolution class) to `x` with
+    PyTorch's symmetric `padding=k//2`, its kernel initialized by `init` (a
+    key of `CONV_INITS`) for a layer of `kind` (`"conv"` or `"depthwise"`)."""
     _check(init, CONV_INITS)
     x, padding = _pytorch_padding(x, kernel_size, strides, name)
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
+    initializer = {"conv": "kernel_initializer", "depthwise": "depthwise_initializer"}[kind]
+    return layer(
+        kernel_size=kernel_size,
         strides=strides,
         padding=padding,
         use_bias=False,
-        groups=groups,
-        kernel_initializer=CONV_INITS[init]("conv"),
         name=name,
+        **{initializer: CONV_INITS[init](kind)},
+        **kwargs,
     )(x)
+
+
+def conv(x, filters, kernel_size, strides=1, name=None, groups=1, init="kaiming_fan_out"):
+    """A bias-free convolution with PyTorch's symmetric `padding=k//2`,
+    initialized by `init` (a key of `CONV_INITS`)."""
+    return _padded_conv(keras.layers.Conv2D, "conv", x, kernel_size, strides, name, init,
+                        filters=filters, groups=groups)
 
 
 def depthwise_conv(x, kernel_size=3, strides=1, name=None, init="kaiming_fan_out"):
     """A bias-free depthwise convolution with PyTorch's symmetric padding,
     initialized by `init` (a key of `CONV_INITS`)."""
-    _check(init, CONV_INITS)
-    x, padding = _pytorch_padding(x, kernel_size, strides, name)
-    return keras.layers.DepthwiseConv2D(
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        use_bias=False,
-        depthwise_initializer=CONV_INITS[init]("depthwise"),
-        name=name,
-    )(x)
+    return _padded_conv(keras.layers.DepthwiseConv2D, "depthwise", x, kernel_size, strides,
+                        name, init)
 
 
 def relu(x, name=None):

@@ -29,19 +29,33 @@ CONFIGS = {
 }
 
 
+def projection_shortcut(x, filters, strides, name, init="kaiming_fan_out"):
+    """A residual block's shortcut: `x` itself, or, where the block changes
+    the shape, a strided conv1x1 (`<name>_down_conv`) and BN (`<name>_down_bn`)
+    to `filters` channels. Called before the block's main path, so the
+    initializers are made in the reference's order."""
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    shortcut = L.conv(x, filters, 1, strides, name=f"{name}_down_conv", init=init)
+    return L.batch_norm(f"{name}_down_bn")(shortcut)
+
+
+def residual_output(y, shortcut, name, output_name=None):
+    """`relu(y + shortcut)`: the `<name>_add` layer, then a ReLU named
+    `output_name` (default `<name>_out`)."""
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return L.relu(y, name=output_name or f"{name}_out")
+
+
 def basic_block(x, filters, strides, name, output_name=None, init="kaiming_fan_out"):
     """conv3x3-BN-ReLU-conv3x3-BN + shortcut -> ReLU (named `output_name`);
     convolutions initialized by `init` (`kerakd.models.layers.CONV_INITS`)."""
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = L.conv(x, filters, 1, strides, name=f"{name}_down_conv", init=init)
-        shortcut = L.batch_norm(f"{name}_down_bn")(shortcut)
+    shortcut = projection_shortcut(x, filters, strides, name, init)
     y = L.conv(x, filters, 3, strides, name=f"{name}_conv1", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn1")(y), name=f"{name}_relu1")
     y = L.conv(y, filters, 3, name=f"{name}_conv2", init=init)
     y = L.batch_norm(f"{name}_bn2")(y)
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return L.relu(y, name=output_name or f"{name}_out")
+    return residual_output(y, shortcut, name, output_name)
 
 
 def cifar_resnet(depth, stem_width, widths, num_classes, input_shape, name, block_tap_every=1):

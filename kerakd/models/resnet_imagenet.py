@@ -31,7 +31,7 @@ import keras
 
 from kerakd import models
 from kerakd.models import layers as L
-from kerakd.models.resnet_cifar import basic_block
+from kerakd.models.resnet_cifar import basic_block, projection_shortcut, residual_output
 
 WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4  # bottleneck output width / inner width
@@ -41,18 +41,14 @@ def bottleneck_block(x, filters, strides, name, output_name=None, init="kaiming_
     """1x1-BN-ReLU, 3x3 (strided)-BN-ReLU, 1x1 (4x filters)-BN, + shortcut, ReLU;
     convolutions initialized by `init` (`kerakd.models.layers.CONV_INITS`)."""
     out_channels = filters * EXPANSION
-    shortcut = x
-    if strides != 1 or x.shape[-1] != out_channels:
-        shortcut = L.conv(x, out_channels, 1, strides, name=f"{name}_down_conv", init=init)
-        shortcut = L.batch_norm(f"{name}_down_bn")(shortcut)
+    shortcut = projection_shortcut(x, out_channels, strides, name, init)
     y = L.conv(x, filters, 1, name=f"{name}_conv1", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn1")(y), name=f"{name}_relu1")
     y = L.conv(y, filters, 3, strides, name=f"{name}_conv2", init=init)
     y = L.relu(L.batch_norm(f"{name}_bn2")(y), name=f"{name}_relu2")
     y = L.conv(y, out_channels, 1, name=f"{name}_conv3", init=init)
     y = L.batch_norm(f"{name}_bn3")(y)
-    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-    return L.relu(y, name=output_name or f"{name}_out")
+    return residual_output(y, shortcut, name, output_name)
 
 
 BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
