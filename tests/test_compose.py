@@ -171,7 +171,9 @@ def seed_generators(layer):
 @pytest.fixture(scope="module")
 def parts():
     """Each method alone, built on one student and teacher: its distiller,
-    weights, random-generator states and terms on one batch (inference)."""
+    weights, random-generator states, terms on one batch (inference), and
+    its networks' taps and logits on that batch (computed once, shared by
+    the 18 pairs each method is in)."""
     keras.utils.set_random_seed(0)
     student = kerakd.models.get("resnet8", K, SHAPE)
     teacher = kerakd.models.get("wrn_16_1", K, SHAPE)
@@ -186,12 +188,16 @@ def parts():
 
     def part(name):
         if name not in cache:
-            method = kerakd.methods.get(name, **HPARAMS.get(name, {}))
+            # Named as a composition names its components (`none` is `plain` alone).
+            method = kerakd.methods.registry.factory(name)(name=name, **HPARAMS.get(name, {}))
             distiller = kerakd.Distiller(student, method, teacher if method.requires_teacher else None)
             distiller.build((BATCH, *SHAPE))
             states = [g.state.numpy() for g in seed_generators(method)]
             terms = {k: float(v) for k, v in distiller.compute_loss_terms(x, y).items()}
-            cache[name] = (distiller, method.get_weights(), states, terms)
+            s_out = distiller._student_net(x["images"], training=False)
+            t_out = (distiller._forward_teacher(x["images"])
+                     if distiller._teacher_net is not None else None)
+            cache[name] = (distiller, method.get_weights(), states, terms, (s_out, t_out))
         return cache[name]
 
     return part, x, y
@@ -206,11 +212,11 @@ def composed_step(names, part, x, y):
     nets = {}
     for name in names:
         distiller = part(name)[0]
-        s_taps, student_logits = distiller._student_net(images, training=False)
+        (s_taps, student_logits), teacher_out = part(name)[4]
         student_taps.update({f"{name}_{r}": v for r, v in s_taps.items()})
         nets[name] = distiller
-        if distiller._teacher_net is not None:
-            t_taps, teacher_logits = distiller._forward_teacher(images)
+        if teacher_out is not None:
+            t_taps, teacher_logits = teacher_out
             teacher_taps.update({f"{name}_{r}": v for r, v in t_taps.items()})
 
     def forward(side):
@@ -243,6 +249,25 @@ def composed_step(names, part, x, y):
     return spec, data
 
 
+def as_built(method, seen):
+    """Stands in for the `build` of `method`, already built alone: records the
+    spec the composition hands it and checks that it is the spec `method`
+    was built from (so building it again would build the same parts)."""
+    own = method.spec
+
+    def build(spec):
+        seen.append(method.name)
+        assert {r: [tuple(s) for s in v] for r, v in spec.student.items()} == own.student
+        assert {r: [tuple(s) for s in v] for r, v in spec.teacher.items()} == own.teacher
+        assert spec.student_tap_names == own.student_tap_names
+        assert spec.teacher_tap_names == own.teacher_tap_names
+        assert tuple(spec.image_shape) == tuple(own.image_shape)
+        assert tuple(spec.student_logits) == tuple(own.student_logits)
+        if method.requires_teacher:
+            assert tuple(spec.teacher_logits) == tuple(own.teacher_logits)
+    return build
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("first, second", PAIRS)
 def test_a_composition_is_the_union_of_its_parts(parts, first, second):
@@ -250,11 +275,27 @@ def test_a_composition_is_the_union_of_its_parts(parts, first, second):
     names = (first, second)
     composition = kerakd.methods.get(
         f"{first}+{second}", **{n: HPARAMS[n] for n in names if n in HPARAMS})
+    # The registry's components are the standalone methods' configurations.
+    alone = [part(name)[0].method for name in names]
+    assert [m.get_config() for m in composition.components] == [m.get_config() for m in alone]
+    # Building a method's parts costs seconds and is the same in every pair
+    # (the spec checks in `as_built`), so the composition holds the parts
+    # built alone: what it adds (routing taps by role, naming and weighting
+    # terms, the shared `ce` once) is what each pair checks.
+    composition = Compose(alone)
     spec, data = composed_step(names, part, x, y)
-    composition.build(spec)
+    seen, builds = [], [method.build for method in alone]  # Keras' build_wrappers
+    for method in alone:
+        method.build = as_built(method, seen)
+    try:
+        composition.build(spec)
+    finally:
+        for method, build in zip(alone, builds):
+            method.build = build
+    assert seen == list(names)
     expected = {}
     for component, name in zip(composition.components, names):
-        _, weights, states, terms = part(name)
+        _, weights, states, terms, _ = part(name)
         component.set_weights(weights)  # the standalone method's state ...
         for generator, state in zip(seed_generators(component), states):
             generator.state.assign(state)  # ... and its random draws
