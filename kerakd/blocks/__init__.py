@@ -5,8 +5,8 @@
 - `kerakd.blocks.bifpn`: BiFPNc, the bidirectional feature pyramid that is
   FRSKD's self-teacher.
 
-The methods (`kerakd.methods`) own the layers these functions build; the
-blocks hold no state of their own.
+The blocks build layers and functional models; the methods
+(`kerakd.methods`) that call them own those, weights included.
 """
 
 from kerakd.blocks import bifpn, branches  # noqa: F401
