@@ -1,7 +1,17 @@
 """Input pipelines: datasets by name, the papers' augmentation, normalisation.
 
->>> train_ds, val_ds, info = kerakd.data.load("fashion_mnist", batch_size=128)
->>> distiller.fit(train_ds, validation_data=val_ds, epochs=10)
+Example (`"synthetic"`: small generated images, no download):
+
+>>> train_ds, val_ds, info = kerakd.data.load("synthetic", batch_size=8)
+>>> info.num_classes, info.image_shape
+(4, (16, 16, 3))
+>>> student = kerakd.models.get("resnet8", info.num_classes, info.image_shape)
+>>> distiller = kerakd.Distiller(student, "none")
+>>> distiller.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+>>> history = distiller.fit(train_ds, validation_data=val_ds, epochs=1, steps_per_epoch=1,
+...                         validation_steps=1, verbose=0)
+>>> sorted(history.history)
+['accuracy', 'ce', 'loss', 'val_accuracy', 'val_ce', 'val_loss']
 
 See `kerakd.data.sources` for the dataset names, `kerakd.data.augment` for
 the augmentation and `kerakd.data.pipeline` for batching.

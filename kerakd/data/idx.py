@@ -27,7 +27,13 @@ def read_idx(path):
 
     Example:
 
-    >>> labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
+    >>> import gzip
+    >>> from kerakd.data.idx import read_idx
+    >>> header = bytes([0, 0, 8, 1, 0, 0, 0, 3])   # unsigned bytes, 1 dimension of size 3
+    >>> with gzip.open("t10k-labels-idx1-ubyte.gz", "wb") as file:
+    ...     _ = file.write(header + bytes([9, 2, 1]))
+    >>> read_idx("t10k-labels-idx1-ubyte.gz")
+    array([9, 2, 1], dtype=uint8)
     """
     opener = gzip.open if str(path).endswith(".gz") else open
     try:

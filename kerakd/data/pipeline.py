@@ -55,8 +55,12 @@ def training_dataset(source, batch_size, augment="standard", with_index=False,
 
     Example:
 
-    >>> source = get_source("fashion_mnist").prepare()
-    >>> train = training_dataset(source, batch_size=128, augment="mixup")
+    >>> from kerakd.data import get_source, training_dataset
+    >>> source = get_source("synthetic").prepare()
+    >>> train = training_dataset(source, batch_size=8, augment="mixup")
+    >>> images, labels = next(iter(train))
+    >>> tuple(images.shape), tuple(labels.shape)   # mixup: soft labels over the 4 classes
+    ((8, 16, 16, 3), (8, 4))
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"Unknown augment '{augment}'; use one of {AUGMENTATIONS}.")
@@ -192,7 +196,10 @@ def load(name, batch_size, augment="standard", data_dir=None, image_size=None,
 
     Example:
 
-    >>> train_ds, val_ds, info = kerakd.data.load("fashion_mnist", batch_size=128)
+    >>> train_ds, val_ds, info = kerakd.data.load("synthetic", batch_size=8)
+    >>> images, labels = next(iter(train_ds))
+    >>> tuple(images.shape), labels.dtype.name, info.num_classes
+    ((8, 16, 16, 3), 'int32', 4)
     >>> student = kerakd.models.get("resnet8", info.num_classes, info.image_shape)
     """
     source = get_source(name, data_dir, image_size).prepare()

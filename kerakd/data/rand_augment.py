@@ -35,8 +35,16 @@ Randomness is stateless: the same seed gives the same draws in any process.
 
 Example:
 
+>>> import tensorflow as tf
+>>> from kerakd.data.rand_augment import cutout, rand_augment
+>>> pixels = tf.random.stateless_uniform((32, 32, 3), [0, 0], 0, 256, "int32")
 >>> seed = tf.constant([1, 2])
->>> strong = cutout(rand_augment(pixels, seed), tf.constant([3, 4]))
+>>> strong = cutout(rand_augment(tf.cast(pixels, "float32"), seed), tf.constant([3, 4]))
+>>> tuple(strong.shape), strong.dtype.name
+((32, 32, 3), 'float32')
+>>> values = strong.numpy()
+>>> bool(values.min() >= 0 and values.max() <= 255 and (values == values.round()).all())
+True
 """
 
 import functools

@@ -438,8 +438,10 @@ def get_source(name, data_dir=None, image_size=None):
 
     Example:
 
-    >>> source = get_source("fashion_mnist")
-    >>> source.info.num_classes, source.info.image_shape   # 10, (28, 28, 1)
+    >>> from kerakd.data import get_source
+    >>> source = get_source("fashion_mnist")   # `source.prepare()` reads the files
+    >>> source.info.num_classes, source.info.image_shape
+    (10, (28, 28, 1))
     """
     if name == "fashion_mnist":
         return fashion_mnist(data_dir, image_size)
