@@ -33,9 +33,20 @@ class AttentionMapImages(callbacks.Callback):
 
     Example:
 
+    >>> import os
+    >>> from kerakd.attention_maps import AttentionMapImages
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, "none")
+    >>> distiller.compile(keras.optimizers.SGD(0.05))
+    >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+    >>> stages = kerakd.taps.tap_model(student, ["stage1", "stage3"])
     >>> def maps(distiller, images):
-    ...     return {"classifier": distiller.student_features(images)}
-    >>> distiller.fit(ds, callbacks=[AttentionMapImages("logs", images, maps)])
+    ...     stage1, stage3, _ = stages(images, training=False)
+    ...     return {"classifier": {"stage1": stage1, "stage3": stage3}}
+    >>> callback = AttentionMapImages("logs", images, maps)
+    >>> _ = distiller.fit(images, np.arange(8), epochs=1, verbose=0, callbacks=[callback])
+    >>> os.listdir("logs/attention_maps")   # tags input, classifier/stage1, classifier/stage3
+    ['events.out.tfevents...']
     """
 
     def __init__(self, log_dir, images, feature_maps, max_images=4):

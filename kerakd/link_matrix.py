@@ -8,10 +8,17 @@ training step; `LinkMatrixLogger` renders it as a labelled heatmap
 
 Example:
 
+>>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+>>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
 >>> distiller = kerakd.Distiller(student, "semckd", teacher)
->>> distiller.fit(train_ds, epochs=5,
-...               callbacks=distiller.method.callbacks("runs/x/logs", None))
->>> # tensorboard --logdir runs/x/logs  ->  Images: semckd/link_matrix
+>>> distiller.build((8, 16, 16, 3))
+>>> tuple(distiller.method.link_matrix.shape)   # student stages x teacher stages
+(3, 3)
+>>> [type(c).__name__ for c in distiller.method.callbacks("runs/x/logs", None)]
+['LinkMatrixLogger']
+
+Passed to `distiller.fit(..., callbacks=...)`, the logger draws the matrix
+each epoch: `tensorboard --logdir runs/x/logs`, Images, `semckd/link_matrix`.
 """
 
 import os
@@ -70,7 +77,10 @@ def render_heatmap(matrix, row_names, column_names, title="", row_label="", colu
 
     Example:
 
+    >>> from kerakd.link_matrix import render_heatmap
     >>> image = render_heatmap(np.eye(2), ["stage1", "stage2"], ["stage1", "stage2"])
+    >>> image.shape, image.dtype   # RGB pixels, as tf.summary.image takes them
+    ((260, 390, 3), dtype('uint8'))
     """
     matrix = np.asarray(matrix, dtype="float32")
     if matrix.ndim != 2:
@@ -121,8 +131,19 @@ class LinkMatrixLogger(keras.callbacks.Callback):
 
     Example:
 
-    >>> callback = LinkMatrixLogger(distiller.method, "runs/x/logs")
-    >>> distiller.fit(train_ds, epochs=5, callbacks=[callback])
+    >>> import os
+    >>> from kerakd.link_matrix import LinkMatrixLogger
+    >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+    >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+    >>> distiller = kerakd.Distiller(student, "afd", teacher)
+    >>> callback = LinkMatrixLogger(distiller.method, "runs/x/logs", rows="teacher",
+    ...                             columns="student")   # for fit(..., callbacks=[callback])
+    >>> distiller.build((8, 16, 16, 3))
+    >>> tuple(distiller.method.link_matrix.shape)   # teacher blocks x student blocks
+    (3, 3)
+    >>> callback.on_epoch_end(0)   # what fit calls: writes the image
+    >>> os.listdir("runs/x/logs/link_matrix")
+    ['events.out.tfevents...']
     """
 
     def __init__(self, method, log_dir, rows="student", columns="teacher", role="features"):

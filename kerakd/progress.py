@@ -30,7 +30,14 @@ class StepLines(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(ds, epochs=2, verbose=2, callbacks=[StepLines(50, 235)])
+    >>> from kerakd.progress import StepLines
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> x, y = np.zeros((24, 4)), np.zeros(24)
+    >>> _ = model.fit(x, y, batch_size=8, verbose=0, callbacks=[StepLines(1, 3)])
+    epoch 1 step 1/3 - accuracy 1.0000 - loss 0.6931 - ...s/step
+    epoch 1 step 2/3 - accuracy 1.0000 - loss 0.6931 - ...s/step
     """
 
     def __init__(self, every, steps_per_epoch, stream=None):
