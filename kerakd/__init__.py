@@ -1,8 +1,13 @@
 """kerakd: knowledge distillation for Keras 3 (TensorFlow backend).
 
+Example (a trained teacher comes from `keras.models.load_model`):
+
 >>> import kerakd
+>>> teacher = kerakd.models.get("resnet32x4", num_classes=100)
 >>> student = kerakd.models.get("resnet8x4", num_classes=100)
 >>> distiller = kerakd.Distiller(student, kerakd.methods.get("kd"), teacher)
+>>> tuple(distiller(np.zeros((2, 32, 32, 3))).shape)   # the student's logits
+(2, 100)
 """
 
 __version__ = "0.1.0"

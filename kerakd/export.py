@@ -31,9 +31,13 @@ exported models then read float32 pixel values 0-255 (cast uint8 images).
 
 From Python:
 
->>> report = kerakd.export.export_student(student, "out/", formats=("tflite",),
-...                                       normalisation=info)
->>> report["formats"]["tflite"]["max_abs_logit_diff"]
+>>> from kerakd.export import export_student
+>>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+>>> info = kerakd.data.get_source("synthetic").info   # its mean and std
+>>> report = export_student(student, "out/", formats=("tflite",), normalisation=info)
+>>> tflite = report["formats"]["tflite"]
+>>> tflite["top1_agreement"], tflite["max_abs_logit_diff"] < 1e-4
+(1.0, True)
 """
 
 import contextlib
