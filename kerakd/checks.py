@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from kerakd import compat
 from kerakd import methods as methods_lib
+from kerakd.callbacks import NAN_POLICIES
+from kerakd.methods.base import Method
 from kerakd.taps import check_tappable
 
 
@@ -52,6 +54,53 @@ def check_logits_model(model, side):
             "distillation needs logits. Rebuild it without the softmax: drop a "
             "final Softmax or Activation('softmax') layer, or give the last Dense "
             "activation=None."
+        )
+
+
+def check_arguments(method, teacher, weight_decay, nan_policy, clip_grad_norm):
+    """Checks the `Distiller`'s arguments (see its Args); returns its method
+    (a method name is looked up).
+
+    Raises:
+        ValueError: a bad value, or a teacher given to a method without one
+            (or none to a method with one).
+        TypeError: `method` is no kerakd Method nor a method name.
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"`nan_policy` must be one of {NAN_POLICIES}, got '{nan_policy}'.")
+    if isinstance(method, str):
+        method = methods_lib.get(method)
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"`method` must be a kerakd Method or a method name "
+            f"{methods_lib.available()}; got {type(method).__name__}."
+        )
+    check_teacher(f"method '{method.name}'", method.requires_teacher, teacher is not None)
+    if weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+    if clip_grad_norm < 0:
+        raise ValueError(f"`clip_grad_norm` must be >= 0 (0: off), got {clip_grad_norm}.")
+    return method
+
+
+def check_pair(student, teacher):
+    """Checks that `student` and `teacher` read the same images and predict
+    the same classes.
+
+    Raises:
+        ValueError: their input shapes or class counts differ.
+    """
+    s_in, t_in = student.inputs[0].shape[1:], teacher.inputs[0].shape[1:]
+    if None not in s_in and None not in t_in and tuple(s_in) != tuple(t_in):
+        raise ValueError(
+            f"Teacher input shape {tuple(t_in)} differs from the student's "
+            f"{tuple(s_in)}; both must read the same images."
+        )
+    s_k, t_k = student.outputs[0].shape[-1], teacher.outputs[0].shape[-1]
+    if s_k != t_k:
+        raise ValueError(
+            f"Teacher predicts {t_k} classes and the student {s_k}; they "
+            "must have the same classes."
         )
 
 

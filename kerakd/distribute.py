@@ -49,6 +49,41 @@ def average_over_replicas(variables):
         variable.assign(mean)
 
 
+def average_moving_statistics(models):
+    """Averages the BatchNorm moving statistics of `models` over the replicas
+    after a step.
+
+    Each replica normalizes with its own batch statistics (conventions:
+    DDP without SyncBN), but Keras keeps a copy of every moving statistic
+    per replica, which would drift apart (DDP broadcasts rank 0's): the
+    exported student would keep one replica's, and evaluation under the
+    strategy would read a mixture. One all-reduce of a few vectors.
+
+    Args:
+        models: the layers whose statistics to average (the student, the
+            method).
+    """
+    average_over_replicas([v for model in models for v in model.non_trainable_variables
+                           if v.name in ("moving_mean", "moving_variance")])
+
+
+def first_local_batch(strategy, iterator):
+    """The first batch of a Keras epoch iterator over a distributed dataset,
+    as the first local replica's share (the per-replica batch).
+
+    Keras builds a model under a strategy from one batch it all-reduces to
+    read its shapes, which fails under MultiWorkerMirroredStrategy; this
+    share has the same shapes without an all-reduce.
+    """
+    for _, _, batches in iterator:
+        return tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0]
+            if isinstance(v, tf.distribute.DistributedValues) else v,
+            next(batches),
+        )
+    return None
+
+
 def is_multi_worker():
     """True under a MultiWorkerMirroredStrategy spanning several workers."""
     strategy = tf.distribute.get_strategy()
@@ -140,6 +175,30 @@ def apply_if(condition, apply):
                  lambda: None)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+
+
+def apply_if_finite(optimizer, gradients, variables, values, state, state_before):
+    """Applies `gradients` only if they and `values` (the loss terms) are
+    finite on every replica; else puts `state` back to `state_before`.
+
+    Args:
+        optimizer: applies `gradients` to `variables`.
+        gradients: the step's gradients (None for a variable not reached).
+        variables: the trainable variables.
+        values: the loss and its terms.
+        state: the variables the forward pass updates (BatchNorm statistics,
+            memory banks), restored on a non-finite step.
+        state_before: their values before the forward pass.
+
+    Returns:
+        The flag: the step was finite (and applied).
+    """
+    finite = on_every_replica(all_finite(
+        [*values, *(g for g in gradients if g is not None)]))
+    apply_if(finite, lambda: optimizer.apply_gradients(zip(gradients, variables)))
+    for variable, before in zip(state, state_before):
+        variable.assign(ops.where(finite, variable, before))
+    return finite
 
 
 def all_finite(tensors):
