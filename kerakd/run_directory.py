@@ -226,6 +226,7 @@ def flag_changes(model_dir, flag_values):
     Example:
 
     >>> import os, tempfile
+    >>> import kerakd.flags
     >>> from kerakd.run_directory import flag_changes
     >>> run = tempfile.mkdtemp()
     >>> with open(os.path.join(run, "run.flags"), "w") as file:

@@ -12,11 +12,20 @@ resumes from the last finished epoch (exactly, with `--deterministic`). A NaN
 or Inf loss stops the run with an error (or, with `--nan_policy=skip_batch`,
 skips the batch). See `kerakd.flags` for every flag.
 
-From Python (the quickstart does this):
+From Python (the quickstart does this), here one short epoch on generated
+images:
 
->>> results = kerakd.train.run_with_args(["--method=none", "--dataset=synthetic",
-...                                       "--epochs=2", "--model_dir=/tmp/run"])
->>> results["best_accuracy"]
+>>> import kerakd.train
+>>> results = kerakd.train.run_with_args([
+...     "--method=none", "--dataset=synthetic", "--student=resnet8", "--batch_size=8",
+...     "--epochs=1", "--steps_per_epoch=2", "--lr_milestones=", "--model_dir=run"])
+2/2 - ...s/step - accuracy: ... - val_accuracy: ... - learning_rate: 0.0500
+kerakd-train: validation accuracy ... (best ..., epoch 1); outputs in run; TensorBoard: tensorboard --logdir run/logs
+>>> sorted(results)
+['best_accuracy', 'best_epoch', 'epochs', 'final_accuracy', 'final_metrics', 'flags', 'history',
+ 'resumed_from_epoch', 'student_input', 'wall_time_s']
+>>> results["best_epoch"], results["flags"]["student"]
+(1, 'resnet8')
 """
 
 import hashlib
