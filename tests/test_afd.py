@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
-from test_semckd import (
-    BATCH,
+from reference import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
     f64,
     fixed_step,
+    make_dataset,
     np_batch_norm,
     np_ce,
     np_dense,
@@ -21,9 +22,10 @@ from test_semckd import (
     np_normalize,
     np_resize,
     np_softmax,
-    randomize,
 )
+from reference import randomize_trainable as randomize
 
+BATCH = 8
 QK_DIM = 16
 # T = 2 teacher taps, S = 3 student taps: the 2x2 student map is repeated up,
 # the 8x8 one pooled down.
@@ -67,7 +69,8 @@ def np_afd(method, data, softmax_axis=2):
         )
         afd += (att[:, t] * distance).sum(axis=1).mean()
     logits_s, logits_t = np.float64(data.student_logits), np.float64(data.teacher_logits)
-    terms = {"ce": np_ce(data.labels, logits_s), "kd": np_kd(logits_s, logits_t), "afd": afd}
+    terms = {"ce": np_ce(logits_s, data.labels), "kd": np_kd(logits_s, logits_t, 4.0),
+             "afd": afd}
     return terms, att
 
 

@@ -6,11 +6,11 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
 from kerakd.methods.aid import AID, orthogonality, standardize_logits
 from kerakd.methods.base import StepData, TapSpec
-from test_branches import numpy_branch, randomize
-from test_lfma import ce, kl, log_softmax
+from reference import (IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels, np_ce,
+                       np_kd, np_kl, np_log_softmax, numpy_branch)
+from reference import randomize_weights as randomize
 
 TAPS = [(8, 16, 16, 8), (8, 8, 8, 16), (8, 4, 4, 32)]
 TEACHER_WIDTH = 24
@@ -71,10 +71,6 @@ def standardize(z):
     return (z - z.mean(-1, keepdims=True)) / (z.std(-1, keepdims=True) + 1e-7)
 
 
-def kd(z_s, z_t, t):
-    return t * t * kl(np.exp(log_softmax(z_t / t)), log_softmax(z_s / t))
-
-
 def cosine(a, b):
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
@@ -111,12 +107,12 @@ def numpy_aid_terms(method, data, normalize):
     a_s = cosine(project(branch(method.stages[-1], view_taps)[0]), project(outs[-1][0]))
     tau = method.relation_temperature
     return {
-        "ce": ce(data.labels, data.student_logits),
-        "kd": kd(n(data.student_logits), n(z_t), 4.0),
+        "ce": np_ce(data.student_logits, data.labels),
+        "kd": np_kd(n(data.student_logits), n(z_t), 4.0),
         "feat": sum(np.mean((a - h_t) ** 2) for _, _, a, _ in outs),
-        "logit": sum(kd(n(z), n(z_t), 4.0) for _, z, _, _ in outs),
-        "task": sum(ce(data.labels, z) for _, z, _, _ in outs),
-        "relation": tau * tau * kl(np.exp(log_softmax(a_t / tau)), log_softmax(a_s / tau)),
+        "logit": sum(np_kd(n(z), n(z_t), 4.0) for _, z, _, _ in outs),
+        "task": sum(np_ce(z, data.labels) for _, z, _, _ in outs),
+        "relation": tau * tau * np_kl(np.exp(np_log_softmax(a_t / tau)), np_log_softmax(a_s / tau)),
         "orth": sum(np_orth(w) for _, _, _, w in outs),
     }, [z for _, z, _, _ in outs]
 

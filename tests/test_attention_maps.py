@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, make_dataset, make_images
+from reference import IMAGE_SHAPE, make_dataset, make_images
 from kerakd.attention_maps import AttentionMapImages, attention_image
 
 

@@ -7,41 +7,11 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from kerakd.methods.base import StepData, TapSpec
-from reference import np_dkd
+from reference import build_on_taps as build
+from reference import features, np_adaptive_pool, np_at_map, np_dkd, np_normalize
+from reference import step_on_taps as step
 
 B, K = 8, 5
-
-
-def features(*shape, positive=False, seed=0):
-    x = np.random.default_rng(seed).normal(size=shape).astype("float32")
-    return np.abs(x) if positive else x
-
-
-def build(method, student, teacher):
-    """Builds `method` for `"features"` taps of the given arrays' shapes."""
-    method.build(TapSpec(
-        student={"features": [s.shape for s in student]},
-        teacher={"features": [t.shape for t in teacher]},
-        student_logits=(B, K), teacher_logits=(B, K), image_shape=(B, 16, 16, 3),
-    ))
-    return method
-
-
-def step(student, teacher, z_s=None, z_t=None, labels=None):
-    return StepData(
-        images=None,
-        labels=np.arange(B) % K if labels is None else labels,
-        student={"features": list(student)},
-        student_logits=features(B, K, seed=10) if z_s is None else z_s,
-        teacher={"features": list(teacher)},
-        teacher_logits=features(B, K, seed=11) if z_t is None else z_t,
-        training=True,
-    )
-
-
-def np_normalize(x, axis=-1):
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def np_huber(a, b):
@@ -217,23 +187,6 @@ def test_dkd_warmup_ramps_the_weights_per_epoch():
 
 
 # -- AT ---------------------------------------------------------------------
-
-def np_adaptive_pool(x, size):
-    """PyTorch's adaptive_avg_pool2d of a channels-last map, bin by bin."""
-    b, h, w, c = x.shape
-    out = np.zeros((b, *size, c))
-    for p in range(size[0]):
-        rows = slice(p * h // size[0], -(-(p + 1) * h // size[0]))
-        for q in range(size[1]):
-            cols = slice(q * w // size[1], -(-(q + 1) * w // size[1]))
-            out[:, p, q] = x[:, rows, cols].mean(axis=(1, 2))
-    return out
-
-
-def np_at_map(f):
-    e = (f.astype("float64") ** 2).mean(-1).reshape(len(f), -1)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
 
 def np_at(f_s, f_t):
     """RepDistiller's `Attention.at_loss`: the larger feature map is pooled

@@ -5,55 +5,8 @@ import numpy as np
 import pytest
 
 from kerakd.blocks import branches
-
-BN_EPSILON = 1e-5
-
-
-def randomize(model, seed=0):
-    """Fixed random values for every weight (positive BatchNorm variances)."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "seed_generator" in v.path:
-            continue
-        if "moving_variance" in v.path:
-            v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
-        else:
-            v.assign(0.5 * rng.normal(size=v.shape).astype("float32"))
-
-
-def np_depthwise(x, kernel, strides):
-    """3x3 depthwise convolution with one pixel of zero padding on every side."""
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    height = (x.shape[1] - 1) // strides + 1
-    width = (x.shape[2] - 1) // strides + 1
-    out = np.zeros((x.shape[0], height, width, x.shape[3]), "float64")
-    for i in range(3):
-        for j in range(3):
-            window = padded[:, i:i + strides * height:strides, j:j + strides * width:strides]
-            out += window * kernel[i, j, :, 0]
-    return out
-
-
-def np_batch_norm(x, layer, training):
-    gamma, beta, moving_mean, moving_var = layer.get_weights()
-    if training:
-        mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
-    else:
-        mean, var = moving_mean, moving_var
-    return (x - mean) / np.sqrt(var + BN_EPSILON) * gamma + beta
-
-
-def numpy_branch(model, name, x, strides, training=False):
-    """The separable branch `name` of `model`, re-implemented from docs/methods/lfma.md."""
-    x = np.asarray(x, "float64")
-    for k, stride in enumerate(strides, start=1):
-        prefix = f"{name}_block{k}"
-        for part, step in ((1, stride), (2, 1)):
-            x = np_depthwise(x, model.get_layer(f"{prefix}_dw{part}").get_weights()[0], step)
-            x = x @ model.get_layer(f"{prefix}_pw{part}").get_weights()[0][0, 0]
-            x = np.maximum(np_batch_norm(x, model.get_layer(f"{prefix}_bn{part}"), training), 0)
-    return x.mean(axis=(1, 2))
-
+from reference import numpy_branch
+from reference import randomize_weights as randomize
 
 def branch_model(input_shape, target_shape, name="branch"):
     inputs, features = branches.branch_features("separable", input_shape, target_shape, name)

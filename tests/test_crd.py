@@ -10,7 +10,7 @@ import kerakd
 from kerakd.methods import crd as crd_lib
 from kerakd.methods.base import StepData, TapSpec
 
-from conftest import make_images, make_labels
+from reference import make_images, make_labels
 
 B, K, S_DIM, T_DIM, FEAT = 8, 5, 6, 10, 4
 

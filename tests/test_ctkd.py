@@ -11,7 +11,7 @@ from kerakd import train
 from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.ctkd import CTKD, curriculum_lambda, gradient_reversal
 
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 from reference import np_ce, np_dkd, np_kd, np_log_softmax, np_standardize
 
 B, K = 8, 5

@@ -18,7 +18,7 @@ from kerakd import train
 from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.dist import dist_losses, pearson_correlation
 
-from conftest import make_dataset
+from reference import make_dataset
 from reference import np_ce, np_softmax
 
 B, K, TAU = 4, 5, 4.0

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
 from kerakd.methods.base import StepData
 
 

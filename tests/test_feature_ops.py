@@ -10,7 +10,7 @@ from keras import ops
 
 from kerakd import losses
 from kerakd.methods import feature_ops
-from test_baselines import np_adaptive_pool
+from reference import np_adaptive_pool
 
 
 def general_path(x, size):

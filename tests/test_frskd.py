@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels, np_at, np_ce, np_kd
 from kerakd.blocks.bifpn import FastNormalizedFusion, bifpnc
 from kerakd.methods.base import StepData, TapSpec
 
@@ -42,30 +42,6 @@ def spec_param_count(channels, num_classes, width=2):
 
 def np_relu(x):
     return np.maximum(x, 0.0)
-
-
-def np_log_softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def np_ce(labels, logits):
-    if labels.ndim == 1:
-        labels = np.eye(logits.shape[-1])[labels]
-    return np.mean(-(labels * np_log_softmax(logits)).sum(-1))
-
-
-def np_kd(z_s, z_t, t):
-    log_p_t, log_p_s = np_log_softmax(z_t / t), np_log_softmax(z_s / t)
-    return t * t * np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), axis=-1))
-
-
-def np_at(f_s, f_t):
-    def at(f):
-        e = (f**2).mean(-1).reshape(len(f), -1)
-        return e / np.maximum(np.sqrt((e**2).sum(-1, keepdims=True)), 1e-12)
-
-    return np.mean((at(f_s) - at(f_t)) ** 2)
 
 
 class NumpyBiFPNc:
@@ -214,9 +190,6 @@ def test_resnet18_channel_plan_and_parameter_count():
     assert sorted(l.fusion_weights.shape[0] for l in fusion_layers(model)) == [2, 2, 2, 2, 3, 3]
 
 
-@pytest.mark.skipif(
-    "resnet18_cifar" not in kerakd.models.available(), reason="zoo has no resnet18_cifar"
-)
 def test_resnet18_cifar_student_gets_the_spec_self_teacher():
     student = kerakd.models.get("resnet18_cifar", 100, (16, 16, 3))
     distiller = kerakd.Distiller(student, "frskd")
@@ -290,7 +263,8 @@ def test_fusion_rejects_mismatched_inputs():
 
 @pytest.mark.parametrize("soft", [False, True])
 def test_each_term_and_the_total_match_numpy(soft):
-    method = built_method(SMALL_PYRAMID, alpha=1.5, beta=30.0, temperature=3.0)
+    method = built_method(SMALL_PYRAMID, self_kd_weight=1.5, self_at_weight=30.0,
+                          temperature=3.0)
     randomize(method.self_teacher)
     raw = features_of(SMALL_PYRAMID)  # negative values: the taps are rectified
     rng = np.random.default_rng(1)
@@ -306,8 +280,8 @@ def test_each_term_and_the_total_match_numpy(soft):
     feats = [np_relu(f) for f in raw]
     *refined, z_t = [np.asarray(t) for t in method.self_teacher(feats, training=False)]
     want = {
-        "ce": np_ce(labels, student_logits),
-        "self_teacher_ce": np_ce(labels, z_t),
+        "ce": np_ce(student_logits, labels),
+        "self_teacher_ce": np_ce(z_t, labels),
         "self_kd": np_kd(student_logits, z_t, 3.0),
         "self_at": sum(np_at(f, r) for f, r in zip(feats, refined)),
     }
@@ -416,19 +390,20 @@ def test_config_round_trip_and_defaults():
         "ce": 1.0, "self_teacher_ce": 1.0, "self_kd": 2.0, "self_at": 100.0
     }
     config = method.get_config()
-    assert {k: config[k] for k in ("alpha", "beta", "temperature", "width")} == {
-        "alpha": 2.0, "beta": 100.0, "temperature": 4.0, "width": 2
+    names = ("self_kd_weight", "self_at_weight", "temperature", "width")
+    assert {k: config[k] for k in names} == {
+        "self_kd_weight": 2.0, "self_at_weight": 100.0, "temperature": 4.0, "width": 2
     }
-    clone = type(method).from_config({**config, "alpha": 1.0, "beta": 0.0})
-    # FRSKD\F: beta = 0 keeps the AT term reported but out of the objective.
-    assert clone.term_weights["self_at"] == 0.0 and clone.term_weights["self_kd"] == 1.0
+    clone = type(method).from_config({**config, "self_kd_weight": 1.0, "self_at_weight": 0.0})
+    # FRSKD\F: a zero-weight AT term is neither in the objective nor reported.
+    assert "self_at" not in clone.term_weights and clone.term_weights["self_kd"] == 1.0
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"alpha": -1.0}, "`alpha` must be >= 0"),
-        ({"beta": -1.0}, "`beta` must be >= 0"),
+        ({"self_kd_weight": -1.0}, "`self_kd_weight` must be >= 0"),
+        ({"self_at_weight": -1.0}, "`self_at_weight` must be >= 0"),
         ({"temperature": 0.0}, "`temperature` must be > 0"),
         ({"width": 0}, "`width` must be > 0"),
         ({"width": 1.5}, "`width` must be a whole number"),

@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
 from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.lfma import DSN, LFMA, FeatureMapCutout
-from test_branches import numpy_branch, randomize
+from reference import (IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels, np_ce,
+                       np_kl, np_log_softmax, numpy_branch)
+from reference import randomize_weights as randomize
 
 TAPS = [(8, 16, 16, 8), (8, 8, 8, 16), (8, 4, 4, 32)]
 SPEC = TapSpec(
@@ -42,20 +43,6 @@ def step_data(seed=0):
 # -- NumPy reference of docs/methods/lfma.md ------------------------------------------------
 
 
-def log_softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def kl(p, log_q):
-    """mean_b KL(p || q) for a distribution p and log-probabilities log q."""
-    return np.mean(np.sum(p * (np.log(p) - log_q), axis=-1))
-
-
-def ce(labels, z):
-    return -np.mean(log_softmax(z)[np.arange(len(labels)), labels])
-
-
 def numpy_head_logits(method, data, training=False):
     logits = []
     for i, head in zip(method.head_taps, method.heads):
@@ -67,12 +54,12 @@ def numpy_head_logits(method, data, training=False):
 
 
 def numpy_lfma_terms(head_logits, backbone_logits, labels, t):
-    ensemble = np.mean([np.exp(log_softmax(z / t)) for z in head_logits], axis=0)
+    ensemble = np.mean([np.exp(np_log_softmax(z / t)) for z in head_logits], axis=0)
     return {
-        "kd": t * t * kl(ensemble, log_softmax(backbone_logits / t)),
-        "head_kd": sum(t * t * kl(ensemble, log_softmax(z / t)) for z in head_logits),
-        "ce": ce(labels, backbone_logits),
-        "head_ce": sum(ce(labels, z) for z in head_logits),
+        "kd": t * t * np_kl(ensemble, np_log_softmax(backbone_logits / t)),
+        "head_kd": sum(t * t * np_kl(ensemble, np_log_softmax(z / t)) for z in head_logits),
+        "ce": np_ce(backbone_logits, labels),
+        "head_ce": sum(np_ce(z, labels) for z in head_logits),
     }, ensemble
 
 
@@ -135,7 +122,7 @@ def test_each_term_and_the_ensemble_match_numpy(temperature):
         np.testing.assert_allclose(np.asarray(out.logits[name]), z, rtol=1e-4, atol=1e-5)
     # The reported ensemble logits are T * log D_E: softmax(. / T) gives D_E back.
     np.testing.assert_allclose(
-        np.exp(log_softmax(np.asarray(out.logits["ensemble"], "float64") / temperature)),
+        np.exp(np_log_softmax(np.asarray(out.logits["ensemble"], "float64") / temperature)),
         ensemble, rtol=1e-5, atol=1e-7,
     )
 

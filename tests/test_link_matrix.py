@@ -9,9 +9,8 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import make_dataset
 from kerakd import link_matrix
-from test_semckd import fixed_step
+from reference import fixed_step, make_dataset
 
 
 def read_images(log_dir):

@@ -11,7 +11,7 @@ from kerakd import train
 from kerakd.data import augment, pipeline, rand_augment, sources
 from kerakd.methods import mlkd
 from kerakd.methods.base import StepData, TapSpec
-from reference import np_ce, np_log_softmax, np_softmax, np_standardize
+from reference import np_ce, np_kd, np_log_softmax, np_softmax, np_standardize
 
 B, K = 6, 5
 REFERENCE_TEMPERATURES = (4.0, 3.0, 5.0, 2.0, 6.0)
@@ -32,10 +32,6 @@ STRONG = np.full((B, 4, 4, 3), 7.0, "float32")  # stands for the strong images
 def np_kd_rows(s, t, temperature):
     p_t = np_softmax(t, temperature)
     return temperature**2 * (p_t * (np.log(p_t) - np_log_softmax(s, temperature))).sum(1)
-
-
-def np_kd(s, t, temperature):
-    return np_kd_rows(s, t, temperature).mean()
 
 
 def np_cc(s, t, temperature, keep=None):

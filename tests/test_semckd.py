@@ -1,9 +1,5 @@
 """SemCKD (docs/methods/semckd.md): loss against a NumPy re-implementation, attention,
-gradient routing, heterogeneous pairs, the batch-size contract.
-
-The NumPy helpers here (`np_*`, `fixed_step`, `randomize`) are shared with
-test_afd.py.
-"""
+gradient routing, heterogeneous pairs, the batch-size contract."""
 
 import keras
 import numpy as np
@@ -11,36 +7,26 @@ import pytest
 import tensorflow as tf
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images, make_labels
-from kerakd.methods.base import StepData, TapSpec
 from kerakd.methods.feature_ops import adaptive_average_pool
+from reference import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    f64,
+    fixed_step,
+    make_dataset,
+    make_images,
+    make_labels,
+    np_batch_norm,
+    np_ce,
+    np_dense,
+    np_kd,
+    np_normalize,
+    np_resize,
+    np_softmax,
+)
+from reference import randomize_trainable as randomize
 
 # -- NumPy reference (float64) ------------------------------------------------
-
-
-def np_softmax(x, axis):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def np_normalize(x):
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def np_batch_norm(x, bn):
-    """Training-mode BatchNorm: biased batch statistics over all but the last axis."""
-    axes = tuple(range(x.ndim - 1))
-    gamma, beta = (np.float64(w) for w in (bn.gamma.numpy(), bn.beta.numpy()))
-    return (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5) * gamma + beta
-
-
-def np_dense(x, dense):
-    return x @ np.float64(dense.kernel.numpy()) + np.float64(dense.bias.numpy())
 
 
 def np_conv_same(x, kernel):
@@ -56,72 +42,12 @@ def np_conv_same(x, kernel):
     )
 
 
-def np_resize(x, size):
-    """Average-pools (integer factor down) or repeats (integer factor up) H and W."""
-    b, h, w, c = x.shape
-    if size[0] <= h:
-        return x.reshape(b, size[0], h // size[0], size[1], w // size[1], c).mean(axis=(2, 4))
-    return np.repeat(np.repeat(x, size[0] // h, axis=1), size[1] // w, axis=2)
-
-
-def np_ce(labels, logits):
-    return -np_log_softmax(logits)[np.arange(len(labels)), labels].mean()
-
-
-def np_kd(student_logits, teacher_logits, t=4.0):
-    log_p_t = np_log_softmax(teacher_logits / t)
-    log_p_s = np_log_softmax(student_logits / t)
-    return t * t * (np.exp(log_p_t) * (log_p_t - log_p_s)).sum(axis=-1).mean()
-
-
 # -- fixed inputs ---------------------------------------------------------------
 
 BATCH = 8
 # Different tap counts, channels and sizes: pairs are pooled on either side.
 STUDENT_SHAPES = [(BATCH, 8, 8, 4), (BATCH, 4, 4, 8)]
 TEACHER_SHAPES = [(BATCH, 8, 8, 6), (BATCH, 4, 4, 12), (BATCH, 2, 2, 16)]
-
-
-def fixed_step(student_shapes, teacher_shapes, batch=BATCH, seed=0):
-    """A TapSpec and a StepData of fixed random taps and logits."""
-    rng = np.random.default_rng(seed)
-
-    def taps(shapes):
-        return [rng.normal(size=(batch, *s[1:])).astype("float32") for s in shapes]
-
-    spec = TapSpec(
-        student={"features": [(batch, *s[1:]) for s in student_shapes]},
-        teacher={"features": [(batch, *s[1:]) for s in teacher_shapes]},
-        student_logits=(batch, NUM_CLASSES),
-        teacher_logits=(batch, NUM_CLASSES),
-        image_shape=(batch, *IMAGE_SHAPE),
-        student_tap_names={"features": [f"s{i}" for i in range(len(student_shapes))]},
-        teacher_tap_names={"features": [f"t{j}" for j in range(len(teacher_shapes))]},
-    )
-    data = StepData(
-        images=make_images(batch),
-        labels=make_labels(batch),
-        student={"features": taps(student_shapes)},
-        student_logits=rng.normal(size=(batch, NUM_CLASSES)).astype("float32") * 2,
-        teacher={"features": taps(teacher_shapes)},
-        teacher_logits=rng.normal(size=(batch, NUM_CLASSES)).astype("float32") * 3,
-        training=True,
-    )
-    return spec, data
-
-
-def randomize(method, seed=1, scale=0.5):
-    """Fixed random values for every trainable weight (BN scales around 1)."""
-    rng = np.random.default_rng(seed)
-    for v in method.trainable_variables:
-        value = rng.normal(scale=scale, size=v.shape)
-        if v.path.endswith("gamma"):
-            value = 1.0 + 0.3 * value
-        v.assign(value.astype("float32"))
-
-
-def f64(data_taps):
-    return [np.float64(f) for f in data_taps]
 
 
 # -- SemCKD reference -----------------------------------------------------------
@@ -161,8 +87,8 @@ def np_semckd(method, data, tau, softmax_axis=2):
             gram_mse[:, i, j] = ((grams_s[i] - grams_t[j]) ** 2).mean(axis=1)
     logits_s, logits_t = np.float64(data.student_logits), np.float64(data.teacher_logits)
     terms = {
-        "ce": np_ce(data.labels, logits_s),
-        "kd": np_kd(logits_s, logits_t),
+        "ce": np_ce(logits_s, data.labels),
+        "kd": np_kd(logits_s, logits_t, 4.0),
         "semckd": (att * d).sum() / (b * s_taps),
     }
     return terms, (att * gram_mse).sum() / (b * s_taps), att

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_dataset, make_images
 from kerakd.taps import resolve_taps, tap_model
 
 

@@ -7,7 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import make_dataset, make_images
+from reference import make_dataset, make_images
 
 import kerakd
 from kerakd.models.shufflenet import channel_shuffle, split_channels
