@@ -18,6 +18,11 @@ import pytest
 
 import kerakd
 
+# About 180 s of CPU over its 74 examples (model builds, a few one-step fits,
+# one kerakd-train epoch, a TFLite export): ~90 s on 2 idle cores, so the
+# quick command (-m "not slow") skips it.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "kerakd")
 
