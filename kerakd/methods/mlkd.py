@@ -232,13 +232,13 @@ class MLKD(Method):
                 "kd": kept_kd + strong_sum,
                 "cc": cc,
                 "bc": bc,
-            },
+            }),
             metrics={
                 "f_B": f_b,
                 "f_K": f_k,
                 "teacher_confidence": ops.mean(confidence),
                 **ls.scale_metrics(data, self.logit_standardization),
-            }),
+            },
         )
 
     def get_config(self):
