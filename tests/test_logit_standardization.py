@@ -66,6 +66,46 @@ def test_dkd_with_ls_is_dkd_of_the_standardised_logits():
     np.testing.assert_allclose(total, np_ce(z_s, y) + 9 * tckd + 72 * nckd, rtol=1e-5)
 
 
+FEATURE_HOSTS = {
+    # name: (extra arguments, student taps, teacher taps)
+    "semckd": ({}, [(B, 8, 8, 4), (B, 4, 4, 8)], [(B, 8, 8, 6), (B, 4, 4, 12)]),
+    "afd": ({"qk_dim": 8}, [(B, 8, 8, 4), (B, 4, 4, 8)], [(B, 8, 8, 6), (B, 4, 4, 12)]),
+    "crd": ({"queue": True, "negatives": 16, "feat_dim": 8}, [(B, 16)], [(B, 24)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_HOSTS))
+def test_the_kd_term_of_a_feature_method_takes_ls(name):
+    arguments, student_shapes, teacher_shapes = FEATURE_HOSTS[name]
+    student = [features(*s, seed=20 + i) for i, s in enumerate(student_shapes)]
+    teacher = [features(*s, seed=30 + i) for i, s in enumerate(teacher_shapes)]
+    z_s, z_t = features(B, K, seed=1) * 3, features(B, K, seed=2) * 8
+    y = np.arange(B) % K
+    with_ls = build(kerakd.methods.get(name, logit_standardization=True, **arguments),
+                    student, teacher, classes=K)
+    # The presets of KD with LS: weight 9 at base temperature 2; the other terms keep theirs.
+    assert (with_ls.term_weights["kd"], with_ls.temperature) == (9.0, 2.0)
+    plain = kerakd.methods.get(name, **arguments)
+    assert {k: v for k, v in with_ls.term_weights.items() if k != "kd"} == {
+        k: v for k, v in plain.term_weights.items() if k != "kd"}
+    out = with_ls(data=step(student, teacher, z_s, z_t, y, classes=K), training=True)
+    np.testing.assert_allclose(out.losses["kd"],
+                               np_kd(np_standardize(z_s), np_standardize(z_t), 2.0), rtol=1e-5)
+    np.testing.assert_allclose(out.metrics["student_logit_std"],
+                               z_s.astype("float64").std(-1, ddof=1).mean(), rtol=1e-5)
+    plain = build(plain, student, teacher, classes=K)
+    out = plain(data=step(student, teacher, z_s, z_t, y, classes=K), training=True)
+    np.testing.assert_allclose(out.losses["kd"], np_kd(z_s, z_t, 4.0), rtol=1e-5)
+    assert "student_logit_std" not in out.metrics
+    # The setting survives the config.
+    config = with_ls.get_config()
+    assert config["logit_standardization"] is True
+    assert kerakd.methods.get(name, **{k: v for k, v in config.items()
+                                       if k in ("kd_weight", "temperature",
+                                                "logit_standardization")},
+                              **arguments).term_weights["kd"] == 9.0
+
+
 @pytest.mark.parametrize("name", ["kd", "dkd"])
 def test_the_gradient_flows_through_the_students_mean_and_deviation(name):
     extra = {"warmup": 0} if name == "dkd" else {}

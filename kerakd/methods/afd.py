@@ -8,6 +8,7 @@ from keras import ops
 
 from kerakd import link_matrix
 from kerakd import losses
+from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.methods.registry import register
@@ -61,12 +62,16 @@ class AFD(Method):
         ce_weight: weight of the `ce` term, the label cross-entropy
             (default 1, not 1 - alpha).
         kd_weight: weight of the `kd` term, the reference code's alpha
-            (default 0.9).
+            (default 0.9; 9 with LS).
         afd_weight: weight of the `afd` term (`L_AFD`), the reference code's
             beta (default 200 for CIFAR; the paper uses 50 on ImageNet, 1000
             for transfer learning).
-        temperature: T of the KD term (default 4).
+        temperature: T of the KD term (default 4; 2 with LS).
         qk_dim: d, the query/key width (default 128).
+        logit_standardization: standardise both logits per example before
+            the KD term (docs/methods/kd.md, "Logit standardisation"; the
+            presets of KD with LS for the unset `kd_weight` and
+            `temperature`).
 
     Example:
 
@@ -90,13 +95,16 @@ class AFD(Method):
     def __init__(
         self,
         ce_weight=1.0,
-        kd_weight=0.9,
+        kd_weight: float | None = None,
         afd_weight=200.0,
-        temperature=4.0,
+        temperature: float | None = None,
         qk_dim=128,
+        logit_standardization=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        kd_weight = ls.preset(kd_weight, 0.9, 9.0, logit_standardization)
+        temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
         check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, afd_weight=afd_weight)
         check_positive(temperature=temperature, qk_dim=qk_dim)
         self.ce_weight = ce_weight
@@ -104,6 +112,7 @@ class AFD(Method):
         self.afd_weight = afd_weight
         self.temperature = temperature
         self.qk_dim = int(qk_dim)
+        self.logit_standardization = bool(logit_standardization)
         self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "afd": afd_weight})
 
     def build(self, spec):
@@ -173,9 +182,10 @@ class AFD(Method):
         return MethodOutput(
             losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
+                "kd": ls.kd_term(data, self.temperature, self.logit_standardization),
                 "afd": afd,
-            })
+            }),
+            metrics=ls.scale_metrics(data, self.logit_standardization),
         )
 
     def callbacks(self, log_dir, sample_images):
@@ -190,5 +200,6 @@ class AFD(Method):
             afd_weight=self.afd_weight,
             temperature=self.temperature,
             qk_dim=self.qk_dim,
+            logit_standardization=self.logit_standardization,
         )
         return config

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from kerakd import losses
+from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import (
     Method, MethodOutput, check_non_negative, check_one_pair, check_positive)
 from kerakd.methods.feature_ops import l2_normalize
@@ -122,15 +123,20 @@ class CRD(Method):
 
     Args:
         ce_weight: weight of the `ce` term, the reference code's gamma (default 1).
-        kd_weight: weight of the `kd` term, the reference code's alpha (default 1).
+        kd_weight: weight of the `kd` term, the reference code's alpha (default 1;
+            9 with LS).
         crd_weight: weight of the `crd` term, the reference code's beta (default 0.8).
-        temperature: T of the KD term (default 4).
+        temperature: T of the KD term (default 4; 2 with LS).
         feat_dim: embedding size (default 128).
         negatives: negatives per example, K (default 16384); the queue size.
         nce_temperature: temperature of the scores (default 0.07).
         momentum: memory-bank momentum in [0, 1) (default 0.5).
         num_data: number of training examples, the bank's rows (bank mode).
         queue: use a FIFO queue instead of the memory bank (default False).
+        logit_standardization: standardise both logits per example before
+            the KD term (docs/methods/kd.md, "Logit standardisation"; the
+            presets of KD with LS for the unset `kd_weight` and
+            `temperature`).
 
     Example:
 
@@ -151,10 +157,13 @@ class CRD(Method):
     student_taps = {"features": "penultimate"}
     teacher_taps = {"features": "penultimate"}
 
-    def __init__(self, ce_weight=1.0, kd_weight=1.0, crd_weight=0.8, temperature=4.0,
-                 feat_dim=128, negatives=16384, nce_temperature=0.07, momentum=0.5,
-                 num_data=0, queue=False, **kwargs):
+    def __init__(self, ce_weight=1.0, kd_weight: float | None = None, crd_weight=0.8,
+                 temperature: float | None = None, feat_dim=128, negatives=16384,
+                 nce_temperature=0.07, momentum=0.5, num_data=0, queue=False,
+                 logit_standardization=False, **kwargs):
         super().__init__(**kwargs)
+        kd_weight = ls.preset(kd_weight, 1.0, 9.0, logit_standardization)
+        temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
         check_non_negative(
             ce_weight=ce_weight, kd_weight=kd_weight, crd_weight=crd_weight,
             num_data=num_data,
@@ -176,6 +185,7 @@ class CRD(Method):
         self.num_data = num_data
         self.queue = queue
         self.needs_index = not queue
+        self.logit_standardization = bool(logit_standardization)
         self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "crd": crd_weight})
         self.embed_student = Embed(feat_dim, name="embed_student")
         self.embed_teacher = Embed(feat_dim, name="embed_teacher")
@@ -289,9 +299,10 @@ class CRD(Method):
         return MethodOutput(
             losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
+                "kd": ls.kd_term(data, self.temperature, self.logit_standardization),
                 "crd": crd,
-            })
+            }),
+            metrics=ls.scale_metrics(data, self.logit_standardization),
         )
 
     def get_config(self):
@@ -307,5 +318,6 @@ class CRD(Method):
             momentum=self.momentum,
             num_data=self.num_data,
             queue=self.queue,
+            logit_standardization=self.logit_standardization,
         )
         return config

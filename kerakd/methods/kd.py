@@ -51,11 +51,10 @@ class KD(Method):
         self.set_term_weights({"ce": ce_weight, "kd": kd_weight})
 
     def call(self, data, training=False):
-        student_logits, teacher_logits = ls.logits_for_terms(data, self.logit_standardization)
         return MethodOutput(
             losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "kd": losses.kd_loss(student_logits, teacher_logits, self.temperature),
+                "kd": ls.kd_term(data, self.temperature, self.logit_standardization),
             }),
             metrics=ls.scale_metrics(data, self.logit_standardization),
         )

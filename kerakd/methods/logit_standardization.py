@@ -1,7 +1,8 @@
 """Logit standardisation (LS, Sun et al., CVPR 2024) as an option of the logit terms.
 
 LS is not a method of its own: `kd`, `dkd`, `mlkd` and `ctkd` take
-`logit_standardization=True`, which standardises student and teacher logits
+`logit_standardization=True` (and so do `semckd`, `afd` and `crd` for
+their KD term), which standardises student and teacher logits
 per example (`kerakd.losses.standardize_logits`) before the method's
 temperature divides them, and switches the hyperparameters the user left
 unset to the presets the LS authors train with (docs/methods/kd.md, "Logit
@@ -34,6 +35,20 @@ def logits_for_terms(data, logit_standardization):
         return data.student_logits, data.teacher_logits
     return (losses.standardize_logits(data.student_logits),
             losses.standardize_logits(data.teacher_logits))
+
+
+def kd_term(data, temperature, logit_standardization):
+    """The KD term `KD_T(z_s, z_t)` of a step, of the standardised logits when
+    LS is on: the one the KD-hosting methods (`kd`, `semckd`, `afd`, `crd`)
+    report as `kd`.
+
+    Args:
+        data: the step's `StepData`.
+        temperature: T (LS's base temperature when LS is on).
+        logit_standardization: whether LS is on.
+    """
+    student, teacher = logits_for_terms(data, logit_standardization)
+    return losses.kd_loss(student, teacher, temperature)
 
 
 def scale_metrics(data, logit_standardization):

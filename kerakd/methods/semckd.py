@@ -5,6 +5,7 @@ from keras import ops
 
 from kerakd import link_matrix
 from kerakd import losses
+from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
 from kerakd.methods.feature_ops import adaptive_average_pool
 from kerakd.methods.registry import register
@@ -103,14 +104,18 @@ class SemCKD(Method):
         ce_weight: weight of the `ce` term (the label cross-entropy), the
             reference code's gamma (default 1).
         kd_weight: weight of the `kd` term, the reference code's alpha
-            (default 1).
+            (default 1; 9 with LS).
         semckd_weight: weight of the `semckd` term (`L_SemCKD`), the
             reference code's beta (default 400 for CIFAR; the paper uses 50
             on ImageNet).
-        temperature: T of the KD term (default 4).
+        temperature: T of the KD term (default 4; 2 with LS).
         tau: attention temperature, `logits = <q, k> / tau`. 1 is the paper's
             SemCKD (no `1/sqrt(d)` scaling); 2 or 4 give the softened
             SemCKD_tau variant.
+        logit_standardization: standardise both logits per example before
+            the KD term (docs/methods/kd.md, "Logit standardisation"; the
+            presets of KD with LS for the unset `kd_weight` and
+            `temperature`).
 
     Example:
 
@@ -131,16 +136,19 @@ class SemCKD(Method):
     def __init__(
         self,
         ce_weight=1.0,
-        kd_weight=1.0,
+        kd_weight: float | None = None,
         semckd_weight=400.0,
-        temperature=4.0,
+        temperature: float | None = None,
         tau=1.0,
+        logit_standardization=False,
         **kwargs,
     ):
         # Keras would derive "sem_ckd" from the class name; TensorBoard tags
         # read better with the registered name.
         kwargs.setdefault("name", "semckd")
         super().__init__(**kwargs)
+        kd_weight = ls.preset(kd_weight, 1.0, 9.0, logit_standardization)
+        temperature = ls.preset(temperature, 4.0, 2.0, logit_standardization)
         check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, semckd_weight=semckd_weight)
         check_positive(temperature=temperature, tau=tau)
         self.ce_weight = ce_weight
@@ -148,6 +156,7 @@ class SemCKD(Method):
         self.semckd_weight = semckd_weight
         self.temperature = temperature
         self.tau = tau
+        self.logit_standardization = bool(logit_standardization)
         self.set_term_weights({"ce": ce_weight, "kd": kd_weight, "semckd": semckd_weight})
 
     def build(self, spec):
@@ -241,10 +250,11 @@ class SemCKD(Method):
         return MethodOutput(
             losses=self.weighted({
                 "ce": losses.cross_entropy(data.labels, data.student_logits),
-                "kd": losses.kd_loss(data.student_logits, data.teacher_logits, self.temperature),
+                "kd": ls.kd_term(data, self.temperature, self.logit_standardization),
                 "semckd": _association_mean(attention, distances),
             }),
-            metrics={"sm_score": ops.stop_gradient(_association_mean(attention, gram_errors))},
+            metrics={"sm_score": ops.stop_gradient(_association_mean(attention, gram_errors)),
+                     **ls.scale_metrics(data, self.logit_standardization)},
         )
 
     def callbacks(self, log_dir, sample_images):
@@ -259,5 +269,6 @@ class SemCKD(Method):
             semckd_weight=self.semckd_weight,
             temperature=self.temperature,
             tau=self.tau,
+            logit_standardization=self.logit_standardization,
         )
         return config
