@@ -13,7 +13,7 @@ from kerakd.methods.compose import Compose
 from kerakd.methods.fitnet import FitNet
 from kerakd.methods.lfma import LFMA
 
-from conftest import make_dataset
+from reference import make_dataset
 
 B, K = 8, 5
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_dataset
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_dataset
 
 # Subprocesses of minutes: skipped by the quick command (README, "Set up").
 pytestmark = pytest.mark.slow

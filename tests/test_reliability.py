@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 
 import kerakd
-from conftest import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
+from reference import IMAGE_SHAPE, NUM_CLASSES, make_images, make_labels
 from kerakd import flags as kerakd_flags
 from kerakd import train
 from kerakd.data import sources
