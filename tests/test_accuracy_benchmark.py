@@ -10,12 +10,13 @@ import pytest
 # Subprocesses of minutes: skipped by the quick command (README, "Set up").
 pytestmark = pytest.mark.slow
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "accuracy.py")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks")
+SCRIPT = os.path.join(BENCHMARKS, "accuracy.py")
 
 
-def run_benchmark(tmp_path, epochs=1, check=True, extra=()):
-    args = [sys.executable, SCRIPT, "--dataset=synthetic", "--pairs=resnet",
+def run_benchmark(tmp_path, epochs=1, check=True, extra=(), script=SCRIPT):
+    args = [sys.executable, script, "--dataset=synthetic", "--pairs=resnet",
             "--methods=none,kd_ls", "--extra_methods=kd_ls", "--seeds=1", f"--epochs={epochs}", "--teacher_epochs=1",
             *extra,
             "--steps_per_epoch=1", "--batch_size=16",
@@ -45,6 +46,16 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
         assert (tmp_path / "docs" / name).stat().st_size > 0
     section = (tmp_path / "docs" / "b.md").read_text()
     assert "## Accuracy" in section and "| kd_ls |" in section
+
+    # A sweep of one setting of kd_ls, beside the benchmark's runs of the same recipe.
+    sweep = run_benchmark(tmp_path, script=os.path.join(BENCHMARKS, "sweep.py"), extra=[
+        "--sweep=kd_ls:kd_kd_weight=3", f"--sweep_runs_dir={tmp_path / 'sweeps'}"]).stdout
+    assert sweep.count("accuracy: training") == 1  # the setting; the rest is reused
+    run_flags = tmp_path / "sweeps" / "resnet20-resnet8" / "kd_ls" / "kd_kd_weight=3" / "seed0"
+    assert "--kd_kd_weight=3.0" in (run_flags / "run.flags").read_text()
+    table = (tmp_path / "docs" / "b.md").read_text()
+    assert "| kd_ls | (config) |" in table and "| kd_ls | kd_kd_weight=3 |" in table
+    assert table.count("<!-- sweeps -->") == 1 and "| kd_ls |" in table.split("<!-- sweeps")[0]
 
     stdout = run_benchmark(tmp_path).stdout  # every run is finished: all are reused
     assert "accuracy: training" not in stdout
