@@ -172,14 +172,16 @@ class Distiller(keras.Model):
         >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
         >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
         >>> distiller = kerakd.Distiller(student, "kd", teacher)
-        >>> distiller.build((8, 16, 16, 3))
         >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
         >>> labels = np.arange(8)
         >>> terms = distiller.compute_loss_terms(images, labels)
         >>> {name: float(value) for name, value in terms.items()}   # 0.1 CE (~0.1 ln 10), 0.9 KD
         {'ce': 0.2..., 'kd': 0.0...}
         """
-        out = self._method_output(batches.images_of(x), y, training, batches.index_of(x),
+        images = batches.images_of(x)
+        if not self.built:  # as a first fit or call would: the method is built for this batch
+            self.build(tuple(images.shape))
+        out = self._method_output(images, y, training, batches.index_of(x),
                                   strong_images=batches.strong_images_of(x, self.method))
         return self._weighted(out.losses)
 

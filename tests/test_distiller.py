@@ -302,3 +302,18 @@ def test_no_size_warning_for_the_zoo_resnet8_with_fitnet(teacher, student):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*trainable parameters")
         distiller.build((8, *IMAGE_SHAPE))
+
+
+def test_compute_loss_terms_builds_an_unbuilt_distiller_for_its_batch(teacher, student):
+    distiller = kerakd.Distiller(student, "fitnet", teacher)
+    assert not distiller.built
+    images, labels = make_images(8), make_labels(8)
+    terms = distiller.compute_loss_terms(images, labels)
+    assert distiller.built and distiller.method.built
+    assert set(terms) == set(distiller.method.term_weights)
+    # Built once: a second call (or a fit) uses the same method variables.
+    weights = [id(v) for v in distiller.method.weights]
+    again = distiller.compute_loss_terms(images, labels)
+    assert [id(v) for v in distiller.method.weights] == weights
+    for name in terms:
+        np.testing.assert_allclose(again[name], terms[name], rtol=1e-6)
