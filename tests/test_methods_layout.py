@@ -74,7 +74,11 @@ def test_every_register_decorator_is_in_the_registry():
                     and isinstance(node.args[0], ast.Constant)):
                 registered.add(node.args[0].value)
     assert "kd" in registered and "dsn" in registered
-    assert registered == set(kerakd.methods.available())
+    # Other tests of the same process register their own methods (a doc's
+    # example): only kerakd's count.
+    built_in = {name for name in kerakd.methods.available()
+                if kerakd.methods.registry.factory(name).__module__.startswith("kerakd.methods.")}
+    assert registered == built_in
 
 
 def test_package_reexports_the_registry_module():
