@@ -339,15 +339,22 @@ def get_teacher(pair, budget):
     return {**results, "file": os.path.join(teacher_dir, "student.keras")}
 
 
-def train_student(pair, method, seed, budget, teacher):
-    """One student run's results and validation curve."""
-    model_dir = run_dir(pair, method, seed)
+def student_args(pair, method, seed, budget, teacher, model_dir):
+    """`kerakd-train` arguments of a student run of `method` on `pair` (its
+    config, the budget, the pair's teacher and learning rate) into `model_dir`."""
     needs_teacher = kerakd_flags.requires_teacher(registered_method(method))
     args = run_args(config_path(method), pair.student, budget.epochs, budget.steps_per_epoch,
                     budget, seed, model_dir, teacher["file"] if needs_teacher else None)
     if pair.student_learning_rate:
         args.append(f"--learning_rate={pair.student_learning_rate}")
-    results = train_or_reuse(args, model_dir)
+    return args
+
+
+def train_student(pair, method, seed, budget, teacher):
+    """One student run's results and validation curve."""
+    model_dir = run_dir(pair, method, seed)
+    results = train_or_reuse(student_args(pair, method, seed, budget, teacher, model_dir),
+                             model_dir)
     if "missing" in results:
         return {"seed": seed, "model_dir": model_dir, "missing": True}
     if "error" in results:

@@ -36,6 +36,8 @@ flags.DEFINE_multi_string("sweep", [], "`<method>:<flag>=<value>[,<flag>=<value>
 flags.DEFINE_integer("sweep_seed", 0, "The seed of every sweep run.", lower_bound=0)
 flags.DEFINE_string("sweep_pair", "resnet", "The pair of accuracy.PAIRS the sweeps "
                     "run on.")
+flags.DEFINE_string("sweep_runs_dir", None, "Where the sweep runs go (default "
+                    "runs/sweeps/<budget>).")
 BLOCK = re.compile(r"<!-- sweeps -->.*?<!-- /sweeps -->", re.S)
 # Every setting swept so far, so that `--report_only` and later sweeps list
 # the earlier ones too.
@@ -61,16 +63,13 @@ def setting_name(settings):
 def sweep_run(pair, method, settings, budget, teacher):
     """The results of one setting: a `train_student`-like record."""
     seed = FLAGS.sweep_seed
-    owner = os.path.relpath(os.path.dirname(os.path.dirname(
-        accuracy.run_dir(pair, method, seed))), FLAGS.runs_dir)
-    model_dir = os.path.join(FLAGS.sweep_runs_dir, owner, method, setting_name(settings),
-                             f"seed{seed}")
-    needs_teacher = accuracy.kerakd_flags.requires_teacher(accuracy.registered_method(method))
-    args = accuracy.run_args(accuracy.config_path(method), pair.student, budget.epochs,
-                             budget.steps_per_epoch, budget, seed, model_dir,
-                             teacher["file"] if needs_teacher else None)
-    if pair.student_learning_rate:
-        args.append(f"--learning_rate={pair.student_learning_rate}")
+    # The benchmark's own layout (<owner>/<method>/seed<n>), with the setting
+    # before the seed.
+    benchmark_dir = accuracy.run_dir(pair, method, seed)
+    model_dir = os.path.join(FLAGS.sweep_runs_dir,
+                             os.path.relpath(os.path.dirname(benchmark_dir), FLAGS.runs_dir),
+                             setting_name(settings), os.path.basename(benchmark_dir))
+    args = accuracy.student_args(pair, method, seed, budget, teacher, model_dir)
     args += [f"--{k}={v}" for k, v in settings]
     results = accuracy.train_or_reuse(args, model_dir)
     return {"method": method, "setting": setting_name(settings), "model_dir": model_dir,
@@ -142,9 +141,6 @@ def main(argv):
     replace_block(FLAGS.output, BLOCK, accuracy.SECTION, block)
     print(block, flush=True)
 
-
-flags.DEFINE_string("sweep_runs_dir", None, "Where the sweep runs go (default "
-                    "runs/sweeps/<budget>).")
 
 if __name__ == "__main__":
     app.run(main)
