@@ -60,7 +60,7 @@ from kerakd import methods  # noqa: E402
 from kerakd.data import pipeline  # noqa: E402
 from kerakd.data import sources  # noqa: E402
 from kerakd.taps import resolve_taps  # noqa: E402
-from kerakd.train import precision_policy  # noqa: E402
+from kerakd.devices import precision_policy  # noqa: E402
 from markdown_block import replace_block  # noqa: E402
 # The FLOP statistics of TensorFlow's ops (`tf.compat.v1.profiler`'s source).
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402

@@ -15,6 +15,7 @@ from kerakd import methods as methods_lib
 from kerakd.callbacks import NAN_POLICIES
 from kerakd.methods.base import Method
 from kerakd.taps import check_tappable
+from kerakd.teacher_check import check_teacher
 
 
 def _logits_only_methods():
@@ -101,31 +102,6 @@ def check_pair(student, teacher):
         raise ValueError(
             f"Teacher predicts {t_k} classes and the student {s_k}; they "
             "must have the same classes."
-        )
-
-
-def check_teacher(method, requires_teacher, has_teacher, teacher="teacher="):
-    """Checks that a teacher is given exactly when the method distills from one.
-
-    The `Distiller` and `kerakd-train` (before it loads anything) both ask.
-
-    Args:
-        method: how the messages name the method (`"method 'kd'"`,
-            `"--method=kd"`).
-        requires_teacher: the method's `requires_teacher`.
-        has_teacher: whether a teacher is given.
-        teacher: how the messages name the teacher argument: `"teacher="`
-            (the Distiller's) or `"--teacher"`.
-
-    Raises:
-        ValueError: naming the method, and the teacher to pass or to drop.
-    """
-    if requires_teacher and not has_teacher:
-        raise ValueError(f"{method} distills from a teacher: pass {teacher}.")
-    if not requires_teacher and has_teacher:
-        raise ValueError(
-            f"{teacher} is set, but {method} trains without a teacher "
-            f"(self-distillation or plain training); do not pass {teacher}."
         )
 
 

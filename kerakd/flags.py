@@ -23,23 +23,20 @@ absl.app.UsageError: --method=kd distills from a teacher: pass --teacher. Train 
 """
 
 import ast
-import inspect
 import os
 import re
-import types
-import typing
 import warnings
 
 from absl import app
 from absl import flags
 
-from kerakd import checks
-from kerakd import methods
-from kerakd import models
-from kerakd import taps
-from kerakd.data import AUGMENTATIONS
-from kerakd.data import sources
-from kerakd.callbacks import NAN_POLICIES
+# No TensorFlow here: `kerakd-train` parses and checks its flags before it
+# loads TensorFlow. What the flags need to know of the methods, the zoo and
+# the data comes from the catalog and `kerakd.data.names`.
+from kerakd import catalog
+from kerakd.data import names as dataset_names
+from kerakd.registry import unknown_name_message
+from kerakd.teacher_check import check_teacher
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -55,12 +52,12 @@ def _define_core_flags(flag_values):
 
     # The defaults are the CIFAR-100 recipe of the papers (docs/methods/kd.md).
     define("string", "method", "none", "Distillation method: " + ", ".join(
-        methods.available()) + "; 'a+b' trains several together. 'none' "
+        available_methods()) + "; 'a+b' trains several together. 'none' "
         "trains a model alone (how teachers are made).")
     define("string", "teacher", None, "Trained teacher: a .keras file of a "
                         "model `images -> logits` (e.g. an earlier run's student.keras).")
     define("string", "student", "resnet8x4", "Student: a zoo model, one of "
-                        + ", ".join(models.available()) + ".")
+                        + ", ".join(catalog.current()["models"]) + ".")
     define("string", "dataset", "cifar100", "fashion_mnist, cifar10, cifar100, "
                         "imagenet2012, synthetic, tfds:<name> or folder:<path>.")
     define("string", "data_dir", None, "Fashion-MNIST's IDX directory, or the "
@@ -98,7 +95,7 @@ def _define_core_flags(flag_values):
            "results, and a killed run resumes exactly.")
     define("enum", "nan_policy", "stop", "On a NaN or Inf loss: stop (exit with an "
            "error; the last checkpoint is kept) or skip_batch (apply no update for "
-           "that batch; counted as skipped_batches).", enum_values=NAN_POLICIES)
+           "that batch; counted as skipped_batches).", enum_values=catalog.current()["nan_policies"])
     define("float", "max_skipped_share", 0.5, "With --nan_policy=skip_batch: stop "
            "the run (exit 1, the last checkpoint kept) once more than this share "
            "of an epoch's batches, or all of them, were skipped.", lower_bound=0,
@@ -124,7 +121,7 @@ def _define_core_flags(flag_values):
     define("boolean", "jit_compile", False, "Compile steps with XLA (slower on CPU).")
     define("enum", "augment", "standard", "Augmentation: none, standard (the papers' "
            "crop + flip), mixup or cutmix (standard then batch mixing, soft labels).",
-           enum_values=AUGMENTATIONS)
+           enum_values=dataset_names.AUGMENTATIONS)
     define("float", "mix_alpha", 1.0, "Beta(alpha, alpha) of the mixing ratio "
                        "(--augment=mixup or cutmix).", lower_bound=0)
     define("list", "student_taps", None, "Student layers the method reads, shallow "
@@ -133,79 +130,43 @@ def _define_core_flags(flag_values):
     define("list", "teacher_taps", None, "The same for the teacher.")
 
 
-def docstring_args(docstring):
-    """`{argument: description}` from a Google-style docstring's Args section.
+def available_methods():
+    """The registered method names (without importing them)."""
+    return sorted(catalog.current()["methods"])
 
-    Example:
 
-    >>> from kerakd.flags import docstring_args
-    >>> docstring_args(kerakd.methods.registry.factory("kd").__doc__)["temperature"]
-    'T (default 4; 2 with LS).'
-    """
-    found, current, indent = {}, None, None
-    in_args = False
-    for line in inspect.cleandoc(docstring or "").splitlines():
-        if line.strip() in ("Args:", "Arguments:"):
-            in_args, indent = True, None
-            continue
-        if not in_args:
-            continue
-        if line.strip() and not line.startswith(" "):
-            break  # the next section
-        depth = len(line) - len(line.lstrip())
-        match = re.match(r"(\w+)(?: \(.*?\))?:\s*(.*)", line.strip())
-        if match and (indent is None or depth == indent):
-            indent, current = depth, match.group(1)
-            found[current] = match.group(2)
-        elif current and line.strip():
-            found[current] += " " + line.strip()
-    return found
+def _method_entry(name):
+    """Method `name`'s catalog entry: its arguments, renamed arguments, teacher."""
+    entries = catalog.current()["methods"]
+    if name not in entries:
+        raise ValueError(unknown_name_message("method", name, entries))
+    return entries[name]
 
 
 def method_arguments(name):
     """`{argument: default}` of method `name`'s constructor (`inspect.Parameter.empty`
     when it has none)."""
-    parameters = inspect.signature(methods.registry.factory(name)).parameters
-    return {
-        p.name: p.default for p in parameters.values()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-
-
-def _value_type(parameter):
-    """The type of a constructor argument's values: its default's, else the
-    annotation's (`kd_weight: float | None = None`, a default resolved by the
-    method, still makes a float flag)."""
-    if parameter.default is not inspect.Parameter.empty and parameter.default is not None:
-        return type(parameter.default)
-    annotation = parameter.annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = kinds[0] if len(kinds) == 1 else inspect.Parameter.empty
-    return annotation if annotation in (bool, int, float, str) else None
+    return {argument: catalog.default(entry)
+            for argument, entry in _method_entry(name)["arguments"].items()}
 
 
 def method_argument_types(name):
     """`{argument: type}` of method `name`'s constructor (None: a Python literal)."""
-    parameters = inspect.signature(methods.registry.factory(name)).parameters
-    return {
-        p.name: _value_type(p) for p in parameters.values()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    return {argument: catalog.value_type(entry)
+            for argument, entry in _method_entry(name)["arguments"].items()}
 
 
 def renamed_method_arguments(name):
     """`{old name: new name}` of method `name`'s renamed constructor arguments
     (`frskd`: `{"alpha": "self_kd_weight", ...}`), which still work, with a
     warning (`kerakd.methods.base.renamed_arguments`)."""
-    init = methods.registry.factory(name).__init__
-    return dict(getattr(init, "renamed_arguments", {}))
+    return dict(_method_entry(name)["renamed"])
 
 
 def renamed_flags():
     """`{old flag: new flag}` of every registered method (`frskd_alpha` ->
     `frskd_self_kd_weight`): the old flags are deprecated aliases."""
-    return {f"{name}_{old}": f"{name}_{new}" for name in methods.available()
+    return {f"{name}_{old}": f"{name}_{new}" for name in available_methods()
             for old, new in renamed_method_arguments(name).items()}
 
 
@@ -240,9 +201,8 @@ def _define_method_flag(flag, kind, default, text, flag_values):
 
 
 def _define_method_flags(flag_values):
-    for name in methods.available():
-        factory = methods.registry.factory(name)
-        docs = docstring_args(factory.__doc__)
+    for name in available_methods():
+        helps = {a: e["help"] for a, e in _method_entry(name)["arguments"].items()}
         kinds = method_argument_types(name)
         arguments = method_arguments(name)
         for argument, default in arguments.items():
@@ -252,9 +212,9 @@ def _define_method_flags(flag_values):
                     f"Method '{name}' argument '{argument}' makes flag --{flag}, "
                     "which already exists; rename the method or the argument."
                 )
-            default = None if default is inspect.Parameter.empty else default
+            default = None if default is catalog.NO_DEFAULT else default
             _define_method_flag(flag, kinds[argument], default,
-                                f"[{name}] {docs.get(argument, argument)}", flag_values)
+                                f"[{name}] {helps[argument]}", flag_values)
         # Old names stay flags of the same type, unset by default; parsing
         # moves their value to the new flag (`_apply_renamed_flags`).
         for old, new in renamed_method_arguments(name).items():
@@ -325,9 +285,9 @@ def help_text(method=None):
     owners = _method_flag_owner(flag_values)
     if method:
         for name in method_names(method):
-            if name not in methods.available():
+            if name not in available_methods():
                 lines += ["", f"--method={method}: '{name}' is not a registered method "
-                              f"({', '.join(methods.available())})."]
+                              f"({', '.join(available_methods())})."]
                 continue
             lines += ["", f"Method {name} (docs/methods/{name}.md):"]
             lines += [_help_line(flag_values[f], unset="(the method's preset)")
@@ -424,7 +384,7 @@ def method_names(method):
 def _method_flag_owner(flag_values):
     """`{flag name: (method, argument)}` of every method flag."""
     owners = {}
-    for name in methods.available():
+    for name in available_methods():
         for argument in method_arguments(name):
             owners[f"{name}_{argument}"] = (name, argument)
     return {f: owner for f, owner in owners.items() if f in flag_values}
@@ -477,7 +437,7 @@ def parse_taps(values):
                 raise ValueError(f"'{value}' is not role:layer; write every item so.")
             by_role.setdefault(role, []).append(layer)
         return by_role
-    if len(values) == 1 and values[0] in taps.TAP_KINDS:
+    if len(values) == 1 and values[0] in catalog.current()["tap_kinds"]:
         return values[0]
     return list(values)
 
@@ -503,7 +463,7 @@ def lr_milestones(flag_values):
 
 def requires_teacher(method):
     """Whether `--method` (possibly `a+b`) distills from a teacher."""
-    return any(methods.registry.factory(n).requires_teacher for n in method_names(method))
+    return any(_method_entry(n)["requires_teacher"] for n in method_names(method))
 
 
 def check_flags(flag_values):
@@ -515,7 +475,7 @@ def check_flags(flag_values):
     fv = flag_values
     for name in method_names(fv.method):
         try:
-            methods.registry.factory(name)
+            _method_entry(name)
         except ValueError as error:
             raise app.UsageError(f"--method={fv.method}: {error}") from None
     chosen = method_names(fv.method)
@@ -526,12 +486,11 @@ def check_flags(flag_values):
                 f"Remove it, or use --method={name}."
             )
     method_hparams(fv)
-    if fv.student not in models.available():
-        raise app.UsageError(
-            f"--student={fv.student}: not a zoo model. Available: {models.available()}."
-        )
+    zoo = catalog.current()["models"]
+    if fv.student not in zoo:
+        raise app.UsageError(f"--student={fv.student}: not a zoo model. Available: {zoo}.")
     try:
-        checks.check_teacher(f"--method={fv.method}", requires_teacher(fv.method),
+        check_teacher(f"--method={fv.method}", requires_teacher(fv.method),
                              bool(fv.teacher), "--teacher")
     except ValueError as error:
         hint = "" if fv.teacher else (" Train one with --method=none: its student.keras "
@@ -601,7 +560,7 @@ def check_files(flag_values):
     """
     _check_model_dir(flag_values.model_dir)
     if flag_values.dataset == "fashion_mnist" and flag_values.data_dir:
-        problem = sources.fashion_mnist_dir_problem(flag_values.data_dir)
+        problem = dataset_names.fashion_mnist_dir_problem(flag_values.data_dir)
         if problem:
             raise app.UsageError(f"--data_dir={flag_values.data_dir} {problem}")
     teacher = flag_values.teacher
@@ -617,10 +576,10 @@ def check_files(flag_values):
 def dataset_name_problem(name):
     """What is wrong with a `--dataset` name (with the closest known name), or
     None if it is one kerakd reads."""
-    if name in sources.DATASETS or (
+    if name in dataset_names.DATASETS or (
             name.partition(":")[0] in ("tfds", "folder") and name.partition(":")[2]):
         return None
-    return sources.unknown_dataset_message(name)
+    return dataset_names.unknown_dataset_message(name)
 
 
 def _check_model_dir(model_dir):
@@ -662,6 +621,9 @@ def flag_dict(flag_values):
     values.update((name, value) for name, value in aliases.items() if name in values)
     unresolved = [n for n, v in values.items() if v is None and n in owners]
     if unresolved:
+        from kerakd import methods  # TensorFlow: only to write a run's results
+
+
         hparams = method_hparams(flag_values)
         configs = {}
         for name in unresolved:

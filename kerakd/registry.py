@@ -11,6 +11,13 @@ def import_submodules(package_name, package_path):
         importlib.import_module(f"{package_name}.{module.name}")
 
 
+def unknown_name_message(kind, name, available):
+    """Why `name` is not one of the `available` names of `kind`, with close names."""
+    close = difflib.get_close_matches(name, available, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    return f"Unknown {kind} '{name}'.{hint} Available: {sorted(available)}."
+
+
 class Registry:
     """A mapping from names to factories, with helpful errors.
 
@@ -49,12 +56,7 @@ class Registry:
 
     def factory(self, name):
         if name not in self._factories:
-            close = difflib.get_close_matches(name, self._factories, n=3)
-            hint = f" Did you mean {close}?" if close else ""
-            raise ValueError(
-                f"Unknown {self.kind} '{name}'.{hint} "
-                f"Available: {self.available()}."
-            )
+            raise ValueError(unknown_name_message(self.kind, name, self.available()))
         return self._factories[name]
 
     def get(self, name, **kwargs):

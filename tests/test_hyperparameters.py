@@ -13,7 +13,7 @@ from absl import flags
 
 import kerakd
 from kerakd import flags as kerakd_flags
-from kerakd import train
+from kerakd import run_directory
 
 SHAPE, BATCH, CLASSES = (16, 16, 3), 8, 5
 REQUIRED = {"crd": {"num_data": BATCH}}
@@ -163,9 +163,9 @@ def test_a_run_recorded_with_old_flag_names_resumes_as_the_same_recipe(
             ["kerakd-train", f"--flagfile={tmp_path / 'run.flags'}"]))
         now = kerakd_flags.parse(["kerakd-train", *common, *new])
         assert before == kerakd_flags.flag_dict(now)
-        assert train.flag_changes(str(tmp_path), now) == []
+        assert run_directory.flag_changes(str(tmp_path), now) == []
         other = kerakd_flags.parse(["kerakd-train", *common, *new[:-1], new[-1] + "5"])
-        changed = train.flag_changes(str(tmp_path), other)
+        changed = run_directory.flag_changes(str(tmp_path), other)
     assert len(changed) == 1 and changed[0].startswith(f"--{new[-1][2:].split('=')[0]}: ")
 
 

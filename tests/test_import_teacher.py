@@ -244,7 +244,7 @@ def test_kerakd_imports_without_torch_and_names_the_extra(resnet8, tmp_path):
 
 @pytest.mark.slow
 def test_cli_writes_a_teacher_that_loads_without_kerakd_and_train_accepts(resnet8, tmp_path):
-    from kerakd import import_teacher, train
+    from kerakd import import_teacher, training
 
     net, path, _ = resnet8
     output = tmp_path / "teachers" / "resnet8_cifar100.keras"
@@ -276,7 +276,7 @@ def test_cli_writes_a_teacher_that_loads_without_kerakd_and_train_accepts(resnet
     mean, std = NORMALISATION["cifar100"]
     info = DatasetInfo(name="cifar100", num_classes=100, image_shape=(32, 32, 3), mean=mean,
                        std=std, style="small")
-    teacher = train._load_teacher(str(output), info, "cifar100")
+    teacher = training._load_teacher(str(output), info, "cifar100")
     assert teacher.outputs[0].shape[-1] == 100
 
 

@@ -178,15 +178,15 @@ def test_the_ls_configs_give_the_authors_settings(name, expected):
 
 def test_run_flags_record_what_the_presets_resolve_to(tmp_path):
     from kerakd import flags as kerakd_flags
-    from kerakd import train
+    from kerakd import run_directory
 
     base = ["kerakd-train", "--method=kd", f"--model_dir={tmp_path}"]
     resolved = kerakd_flags.flag_dict(kerakd_flags.parse([*base, "--kd_logit_standardization"]))
     assert (resolved["kd_kd_weight"], resolved["kd_temperature"]) == (9.0, 2.0)
     # A run recorded without the weights (the defaults) is the same recipe as
     # one that spells them out, and not the same as one with LS.
-    (tmp_path / train.RUN_FLAGS).write_text(f"--method=kd\n--model_dir={tmp_path}\n")
+    (tmp_path / run_directory.RUN_FLAGS).write_text(f"--method=kd\n--model_dir={tmp_path}\n")
     spelled = kerakd_flags.parse([*base, "--kd_kd_weight=0.9", "--kd_temperature=4"])
-    assert train.flag_changes(str(tmp_path), spelled) == []
+    assert run_directory.flag_changes(str(tmp_path), spelled) == []
     with_ls = kerakd_flags.parse([*base, "--kd_logit_standardization"])
-    assert "--kd_kd_weight: 0.9 -> 9.0" in train.flag_changes(str(tmp_path), with_ls)
+    assert "--kd_kd_weight: 0.9 -> 9.0" in run_directory.flag_changes(str(tmp_path), with_ls)

@@ -17,10 +17,27 @@ See `kerakd.data.sources` for the dataset names, `kerakd.data.augment` for
 the augmentation and `kerakd.data.pipeline` for batching.
 """
 
-from kerakd.data.pipeline import (  # noqa: F401
-    AUGMENTATIONS,
-    load,
-    training_dataset,
-    validation_dataset,
-)
-from kerakd.data.sources import DatasetInfo, Source, get_source  # noqa: F401
+import importlib
+
+from kerakd.data.names import AUGMENTATIONS  # noqa: F401  (no TensorFlow)
+
+# Loaded on first use, so that `kerakd.data.names` imports without TensorFlow
+# (`kerakd-train` checks its flags with it before TensorFlow loads).
+_LAZY = {
+    "load": "kerakd.data.pipeline",
+    "training_dataset": "kerakd.data.pipeline",
+    "validation_dataset": "kerakd.data.pipeline",
+    "DatasetInfo": "kerakd.data.sources",
+    "Source": "kerakd.data.sources",
+    "get_source": "kerakd.data.sources",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kerakd.data' has no attribute '{name}'")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

@@ -3,9 +3,9 @@
 import tensorflow as tf
 
 from kerakd.data import augment as augment_lib
+from kerakd.data.names import AUGMENTATIONS
 from kerakd.data.sources import get_source
 
-AUGMENTATIONS = ("none", "standard", "mixup", "cutmix")
 # What `views` may ask for: the one view of every method, or the weak and
 # strong views of two-view methods (`Method.needs_strong_view`).
 VIEWS = (("weak",), ("weak", "strong"))

@@ -13,7 +13,6 @@ Names:
 """
 
 import dataclasses
-import difflib
 import os
 from typing import Optional
 
@@ -21,12 +20,16 @@ import numpy as np
 import tensorflow as tf
 
 from kerakd.data.idx import read_idx
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
+from kerakd.data.names import (  # noqa: F401  (names of this module before names.py)
+    DATASET_NAMES,
+    DATASETS,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    fashion_mnist_dir_problem,
+    fashion_mnist_files,
+    has_idx_files,
+    unknown_dataset_message,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Per-channel statistics of pixels in [0, 1]: RepDistiller's for CIFAR-100.
@@ -42,21 +45,11 @@ NORMALISATION = {
 SMALL_IMAGE_MAX = 64
 VARIABLE_SIZE_DEFAULT = 224
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet2012", "synthetic")
-DATASET_NAMES = ", ".join(DATASETS) + ", tfds:<name>, folder:<path>"
 
 
 class DataError(ValueError):
     """A dataset that cannot be read as named: an unknown name, or files that
     are missing or corrupt. The message names the flag and the fix."""
-
-
-def unknown_dataset_message(name):
-    """Why `name` is not a dataset name, with the closest known name."""
-    close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.6)
-    hint = (f"Did you mean --dataset={close[0]}?" if close else
-            f"For a TensorFlow Datasets name, write --dataset=tfds:{name}.")
-    return f"unknown dataset '{name}'. {hint} Datasets: {DATASET_NAMES}."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,31 +167,6 @@ class ArraySource(Source):
         return tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
 
 
-def _fashion_mnist_files():
-    return [f for pair in FASHION_MNIST_FILES.values() for f in pair]
-
-
-def _has_idx_files(directory):
-    return all(os.path.exists(os.path.join(directory, f)) for f in _fashion_mnist_files())
-
-
-def fashion_mnist_dir_problem(data_dir):
-    """Why `data_dir` cannot serve Fashion-MNIST, or None: it must hold the
-    four IDX files, or be a tfds data directory with a `fashion_mnist/` folder."""
-    if _has_idx_files(data_dir) or os.path.isdir(os.path.join(data_dir, "fashion_mnist")):
-        return None
-    missing = [f for f in _fashion_mnist_files()
-               if not os.path.exists(os.path.join(data_dir, f))]
-    where = "does not exist" if not os.path.isdir(data_dir) else "lacks the IDX files"
-    return (
-        f"{where}: looked for {', '.join(missing)} in {os.path.abspath(data_dir)} "
-        "(and for a tfds fashion_mnist/ folder). Put the four IDX files there, "
-        "install the Debian package dataset-fashion-mnist and drop --data_dir "
-        f"(it reads {FASHION_MNIST_DIR}), or drop --data_dir to download through "
-        "TensorFlow Datasets."
-    )
-
-
 def fashion_mnist(data_dir=None, image_size=None):
     """Fashion-MNIST from the IDX files of `data_dir`, else (no `data_dir`) of
     the Debian package's directory, else from tfds (which downloads it).
@@ -212,9 +180,9 @@ def fashion_mnist(data_dir=None, image_size=None):
         if problem:
             raise DataError(f"--data_dir={data_dir} {problem}")
     directory = data_dir or FASHION_MNIST_DIR
-    if not _has_idx_files(directory):
+    if not has_idx_files(directory):
         hint = (
-            f"Or put the IDX files {sorted(_fashion_mnist_files())} "
+            f"Or put the IDX files {sorted(fashion_mnist_files())} "
             "in --data_dir, or install the Debian package dataset-fashion-mnist "
             f"(which puts them in {FASHION_MNIST_DIR})."
         )
