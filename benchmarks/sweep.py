@@ -1,7 +1,7 @@
 """One-seed sweeps of a method's settings, at the accuracy benchmark's budget.
 
     python benchmarks/sweep.py --sweep=at:at_at_weight=100 --sweep=at:at_at_weight=300
-    python benchmarks/sweep.py --sweep=frskd:frskd_kd_weight=1,frskd_feature_weight=10
+    python benchmarks/sweep.py --sweep=frskd:frskd_self_kd_weight=1,frskd_self_at_weight=10
     python benchmarks/sweep.py --report_only
 
 When a method does not beat the plain student, this measures why: each
@@ -29,6 +29,8 @@ from absl import app
 from absl import flags
 from markdown_block import replace_block
 
+from kerakd import flags as kerakd_flags
+
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("sweep", [], "`<method>:<flag>=<value>[,<flag>=<value>...]`: "
                           "one run of the method's benchmark recipe with these "
@@ -53,7 +55,10 @@ def parse_sweep(text):
                              "e.g. --sweep=at:at_at_weight=100.")
     if accuracy.registered_method(method) is None:
         raise app.UsageError(f"--sweep={text!r}: unknown method '{method}'.")
-    return method, tuple((k.lstrip("-"), v) for k, v in pairs)
+    # A deprecated alias names its flag by the new name, so that the recipe's
+    # own flag is overridden rather than set twice.
+    return method, tuple((kerakd_flags.canonical_flag_name(k.lstrip("-")), v)
+                         for k, v in pairs)
 
 
 def setting_name(settings):
@@ -122,7 +127,7 @@ def main(argv):
     recorded = []
     if os.path.exists(record_path):
         with open(record_path) as file:
-            recorded = [(m, tuple(map(tuple, s))) for m, s in json.load(file)]
+            recorded = [parse_sweep(f"{m}:{setting_name(s)}") for m, s in json.load(file)]
     sweeps = recorded + [s for s in sweeps if s not in recorded]
     os.makedirs(FLAGS.sweep_runs_dir, exist_ok=True)
     with open(record_path, "w") as file:
