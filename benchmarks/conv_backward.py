@@ -6,7 +6,7 @@
 
 Times the forward + backward pass (gradients of `sum(conv(x, w) * dy)` with
 respect to the input and the kernel, batch 64, stride 1, SAME padding) of
-the two convolutions issue 23 names by default: 3x3 at 4x4x512 (512 -> 512)
+the two slowest convolutions of the zoo's small maps by default: 3x3 at 4x4x512 (512 -> 512)
 and 1x1 at 4x4x1024 (1024 -> 1024), the maps of the last stage of
 resnet18_cifar and the wide projections of SemCKD/FRSKD; `--cases` adds
 larger maps. Each option runs in a process of its own (environment

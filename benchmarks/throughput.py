@@ -103,7 +103,7 @@ INPUT_WAIT_TARGET = 0.05
 SECTION = "Throughput"
 # The PyTorch anchor: the student step (cross-entropy, SGD with momentum 0.9)
 # of these zoo models in kerakd and in PyTorch, on CIFAR-100-shaped batches;
-# the target is kerakd / PyTorch <= ANCHOR_TARGET (issue 23).
+# the target is kerakd / PyTorch <= ANCHOR_TARGET.
 ANCHOR_MODELS = ("resnet8x4", "wrn_16_2", "resnet18_cifar")
 ANCHOR_SHAPE, ANCHOR_CLASSES, ANCHOR_BATCH_SIZE = (32, 32, 3), 100, 64
 ANCHOR_TARGET = 1.10

@@ -1,5 +1,5 @@
 """Every registered method survives `get_config` and a `.keras` round trip of
-a trained Distiller (issue 17): equal predictions, taps and next-step terms."""
+a trained Distiller: equal predictions, taps and next-step terms."""
 
 import keras
 import numpy as np
