@@ -11,7 +11,7 @@ from kerakd import compat
 from kerakd import distribute
 from kerakd import gradients as gradients_lib
 from kerakd import metrics
-from kerakd.methods.base import MethodOutput, StepData, TapSpec
+from kerakd.methods.base import StepData, TapSpec, check_output
 from kerakd.taps import TappedModel
 
 
@@ -105,8 +105,7 @@ class Distiller(keras.Model):
         # batch to read its shapes, which fails under several workers.
         strategy = compat.creation_strategy(self)
         if iterator is not None and strategy is not None:
-            data_batch = distribute.first_local_batch(strategy, iterator)
-            iterator = None
+            iterator, data_batch = None, distribute.first_local_batch(strategy, iterator)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_build_config(self):
@@ -178,12 +177,45 @@ class Distiller(keras.Model):
         >>> {name: float(value) for name, value in terms.items()}   # 0.1 CE (~0.1 ln 10), 0.9 KD
         {'ce': 0.2..., 'kd': 0.0...}
         """
+        return self._weighted(self._batch_output(x, y, training).losses)
+
+    def compute_losses(self, x, y, training=False):
+        """The loss of one batch and its terms, as `fit` logs them.
+
+        `loss` is the weighted sum a training step minimizes, before weight
+        decay (which adds `kerakd.gradients.l2_penalty(trainable_variables,
+        weight_decay)`); each term is the method's value before its weight,
+        in the dtype the method computed it. Runs as `compute_loss_terms`.
+
+        Args:
+            x: a batch of images, or a dict of them (`compute_loss_terms`).
+            y: the labels.
+            training: run as a training step (default: inference).
+
+        Returns:
+            `{"loss": scalar, term name: scalar, ...}`.
+
+        Example:
+
+        >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
+        >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
+        >>> distiller = kerakd.Distiller(student, "kd", teacher)
+        >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
+        >>> losses = distiller.compute_losses(images, np.arange(8))
+        >>> list(losses), distiller.method.term_weights
+        (['loss', 'ce', 'kd'], {'ce': 0.1, 'kd': 0.9})
+        >>> bool(np.isclose(losses["loss"], 0.1 * losses["ce"] + 0.9 * losses["kd"]))
+        True
+        """
+        out = self._batch_output(x, y, training)
+        return {"loss": self._total_loss(out.losses), **out.losses}
+
+    def _batch_output(self, x, y, training):
         images = batches.images_of(x)
         if not self.built:  # as a first fit or call would: the method is built for this batch
             self.build(tuple(images.shape))
-        out = self._method_output(images, y, training, batches.index_of(x),
-                                  strong_images=batches.strong_images_of(x, self.method))
-        return self._weighted(out.losses)
+        return self._method_output(images, y, training, batches.index_of(x),
+                                   strong_images=batches.strong_images_of(x, self.method))
 
     def _forward_teacher(self, images):
         taps, logits = self._teacher_net(images, training=False)
@@ -202,12 +234,7 @@ class Distiller(keras.Model):
             forward_teacher=self._forward_teacher if self._teacher_net else None,
             index=index, strong_images=strong_images,
         )
-        out = self.method(data=data, training=training)
-        if not isinstance(out, MethodOutput):
-            raise TypeError(
-                f"Method '{self.method.name}'.call must return a MethodOutput, "
-                f"got {type(out).__name__}."
-            )
+        out = check_output(self.method, self.method(data=data, training=training))
         out.logits["_student"] = data.student_logits
         return out
 
@@ -218,9 +245,6 @@ class Distiller(keras.Model):
     def _total_loss(self, terms):
         return sum(self._weighted(terms).values())
 
-    def _l2_penalty(self, variables):
-        return gradients_lib.l2_penalty(variables, self.weight_decay)
-
     def train_step(self, data):
         images, labels, index, strong_images = batches.unpack(data, self.method, training=True)
         if not self.built:
@@ -228,12 +252,9 @@ class Distiller(keras.Model):
         checks.check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
         teacher = self._forward_teacher(images) if self._teacher_net else None
         variables = self.trainable_variables
-        # What the forward pass itself updates (BatchNorm statistics, memory
-        # banks): a skipped batch puts it back, to leave no trace at all.
-        forward_state = ([*self.student.non_trainable_variables,
-                          *self.method.non_trainable_variables]
-                         if self.nan_policy == "skip_batch" else [])
-        state_before = [ops.copy(v) for v in forward_state]  # read now, not at use
+        # Read before the forward pass updates it: a skipped batch puts it back.
+        state = (distribute.forward_state([self.student, self.method])
+                 if self.nan_policy == "skip_batch" else None)
         with tf.GradientTape() as tape:
             out = self._method_output(images, labels, True, index, teacher, strong_images)
             total = self._total_loss(out.losses)
@@ -245,15 +266,11 @@ class Distiller(keras.Model):
                 gradients, variables, self.clip_grad_norm, self.weight_decay, self.optimizer)
         if self.nan_policy == "stop":
             self.optimizer.apply_gradients(zip(gradients, variables))
-            distribute.average_moving_statistics([self.student, self.method])
-            return metrics.update_training(self, out, total, labels)
-        finite = distribute.apply_if_finite(self.optimizer, gradients, variables,
-                                            [total, *out.losses.values()],
-                                            forward_state, state_before)
+            finite = None
+        else:
+            finite = distribute.apply_if_finite(self.optimizer, gradients, variables,
+                                                [total, *out.losses.values()], state)
         distribute.average_moving_statistics([self.student, self.method])
-        # Every replica counts the batch; their counts are summed.
-        self.skipped_tracker.update_state(
-            distribute.scale_for_replicas(1 - ops.cast(finite, "float32")))
         return metrics.update_training(self, out, total, labels, finite)
 
     def test_step(self, data):

@@ -177,18 +177,27 @@ def apply_if(condition, apply):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
 
 
-def apply_if_finite(optimizer, gradients, variables, values, state, state_before):
+def forward_state(models):
+    """`[(variable, its value now)]` of what a forward pass of `models`
+    updates (BatchNorm statistics, memory banks), for `apply_if_finite`.
+
+    Args:
+        models: the layers the step runs (the student, the method).
+    """
+    return [(v, ops.copy(v)) for model in models for v in model.non_trainable_variables]
+
+
+def apply_if_finite(optimizer, gradients, variables, values, state):
     """Applies `gradients` only if they and `values` (the loss terms) are
-    finite on every replica; else puts `state` back to `state_before`.
+    finite on every replica; else puts `state` back as it was.
 
     Args:
         optimizer: applies `gradients` to `variables`.
         gradients: the step's gradients (None for a variable not reached).
         variables: the trainable variables.
         values: the loss and its terms.
-        state: the variables the forward pass updates (BatchNorm statistics,
-            memory banks), restored on a non-finite step.
-        state_before: their values before the forward pass.
+        state: `forward_state` before the forward pass, put back on a
+            non-finite step.
 
     Returns:
         The flag: the step was finite (and applied).
@@ -196,7 +205,7 @@ def apply_if_finite(optimizer, gradients, variables, values, state, state_before
     finite = on_every_replica(all_finite(
         [*values, *(g for g in gradients if g is not None)]))
     apply_if(finite, lambda: optimizer.apply_gradients(zip(gradients, variables)))
-    for variable, before in zip(state, state_before):
+    for variable, before in state:
         variable.assign(ops.where(finite, variable, before))
     return finite
 

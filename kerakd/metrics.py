@@ -47,7 +47,8 @@ def output_names(distiller, spec):
                                            strong_images=strong_images)
             names.update(losses=list(out.losses), metrics=list(out.metrics),
                          logits=[n for n in out.logits if n != "_student"])
-            return distiller._total_loss(out.losses)
+            # Not their weighted sum: a term without a weight fails below.
+            return out.losses
 
     method = distiller.method
     # Tracing builds no state (everything is built) and runs nothing.
@@ -113,7 +114,8 @@ def all_trackers(model):
 
 def update_training(model, out, total, labels, finite=None):
     """Updates the training trackers of `model` after a step; a batch with
-    `finite` False counts for none of them (its values may be NaN).
+    `finite` False counts for none of them (its values may be NaN) but
+    `skipped_batches`.
 
     Args:
         model: the Distiller.
@@ -121,11 +123,16 @@ def update_training(model, out, total, labels, finite=None):
             `"_student"`).
         total: the weighted sum of the terms.
         labels: the batch's labels.
-        finite: None, or whether the step's loss and gradients were finite.
+        finite: None, or whether the step's loss and gradients were finite
+            (`nan_policy="skip_batch"`).
 
     Returns:
         The step's results, `{metric name: value}`.
     """
+    if finite is not None:
+        # Every replica counts the batch; their counts are summed.
+        model.skipped_tracker.update_state(
+            distribute.scale_for_replicas(1 - ops.cast(finite, "float32")))
     batch = ops.cast(ops.shape(labels)[0], "float32")
     weight = batch if finite is None else batch * ops.cast(finite, "float32")
 

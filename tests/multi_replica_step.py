@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 import kerakd  # noqa: E402
 from kerakd.distribute import synchronize_batchnorm  # noqa: E402
+from kerakd.gradients import l2_penalty  # noqa: E402
 
 NUM_CLASSES, SHAPE, HALF = 5, (16, 16, 3), 8
 LEARNING_RATE, WEIGHT_DECAY = 0.1, 5e-4
@@ -99,17 +100,17 @@ def half_steps(distiller, images, labels, index, initial):
         for v, value in zip(state, initial_state):
             v.assign(value)
         with tf.GradientTape() as tape:
-            out = distiller._method_output(
-                images[part], labels[part], training=True,
-                index=index[part] if distiller.method.needs_index else None,
-                strong_images=(strong_view(images)[part]
-                               if distiller.method.needs_strong_view else None),
+            losses = distiller.compute_losses(
+                {"images": images[part],
+                 "index": index[part] if distiller.method.needs_index else None,
+                 "strong_images": (strong_view(images)[part]
+                                   if distiller.method.needs_strong_view else None)},
+                labels[part], training=True,
             )
-            total = distiller._total_loss(out.losses)
-            objective = total + distiller._l2_penalty(variables)
+            objective = losses["loss"] + l2_penalty(variables, distiller.weight_decay)
         gradients.append([g.numpy() if g is not None else 0.0
                           for g in tape.gradient(objective, variables)])
-        terms.append({"loss": float(total), **{k: float(v) for k, v in out.losses.items()}})
+        terms.append({k: float(v) for k, v in losses.items()})
     updated = [w - LEARNING_RATE * (g1 + g2) / 2
                for w, g1, g2 in zip(start, *gradients)]
     averaged = {k: (terms[0][k] + terms[1][k]) / 2 for k in terms[0]}
@@ -186,8 +187,7 @@ def compare_clip_grad_norm():
     halves = []
     for part in (slice(0, HALF), slice(HALF, 2 * HALF)):
         with tf.GradientTape() as tape:
-            total = reference._total_loss(
-                reference._method_output(images[part], labels[part], training=True).losses)
+            total = reference.compute_losses(images[part], labels[part], training=True)["loss"]
         halves.append([g.numpy() for g in tape.gradient(total, variables)])
     average = [(a + b) / 2 for a, b in zip(*halves)]
     norm = float(np.sqrt(sum(np.sum(g.astype("float64") ** 2) for g in average)))

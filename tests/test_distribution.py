@@ -130,8 +130,8 @@ def test_mixed_precision_trains_with_float32_losses(bfloat16_policy, method):
     logs = distiller.fit(make_dataset(), epochs=1, verbose=0).history
     assert all(np.isfinite(v[0]) for v in logs.values())
     images, labels = make_dataset().take(1).get_single_element()
-    out = distiller._method_output(images, labels, True)
-    assert all(v.dtype == "float32" for v in out.losses.values())
+    losses = distiller.compute_losses(images, labels, training=True)
+    assert all(v.dtype == "float32" for v in losses.values())
     # Variables stay float32 (the optimizer updates full-precision weights).
     assert all(v.dtype == "float32" for v in student.trainable_variables)
 

@@ -231,6 +231,20 @@ class Method(keras.layers.Layer):
         return []
 
 
+def check_output(method, out):
+    """`out`, what `method` returned, if it is a `MethodOutput`.
+
+    Raises:
+        TypeError: it is not (the Distiller reads nothing else).
+    """
+    if not isinstance(out, MethodOutput):
+        raise TypeError(
+            f"Method '{method.name}'.call must return a MethodOutput, "
+            f"got {type(out).__name__}."
+        )
+    return out
+
+
 def renamed_arguments(**renames):
     """Keeps old names of constructor arguments working, with a warning.
 
