@@ -10,7 +10,7 @@ from kerakd import link_matrix
 from kerakd import losses
 from kerakd.methods import logit_standardization as ls
 from kerakd.methods.base import Method, MethodOutput, check_non_negative, check_positive
-from kerakd.methods.feature_ops import adaptive_average_pool
+from kerakd.methods.feature_ops import adaptive_average_pool, l2_normalize
 from kerakd.methods.registry import register
 from kerakd.models import layers as zoo_layers
 from kerakd.nn import initializers
@@ -29,8 +29,8 @@ def _values(features, size):
     """`l2_normalize_over_HW(adaptive_pool(mean_c f^2 -> size))`, `(B, h*w)`."""
     f = ops.cast(features, "float32")
     energy = adaptive_average_pool(ops.mean(f * f, axis=-1, keepdims=True), size)
-    # Keras's rsqrt form of F.normalize, kept: see feature_ops.l2_normalize.
-    return ops.normalize(ops.reshape(energy, (ops.shape(f)[0], -1)), epsilon=1e-12)
+    # keras.ops.normalize's rsqrt writing, which AFD was benchmarked with.
+    return l2_normalize(ops.reshape(energy, (ops.shape(f)[0], -1)), epsilon_on="inverse_norm")
 
 
 @register("afd")

@@ -10,31 +10,34 @@ import numpy as np
 from keras import ops
 
 
-def l2_normalize(x, axis=-1, epsilon=1e-12, epsilon_on="squares"):
+def l2_normalize(x, axis=-1, epsilon=1e-12, epsilon_on="squares", square="square"):
     """`x / max(||x||, epsilon)` along `axis`: PyTorch's `F.normalize`.
 
-    `epsilon_on` says where the floor applies, two writings of the same value
-    whose last bits differ (TensorFlow's graph optimizer turns a division by
-    a square root into a product with its reciprocal, so the first form is
-    rounded differently); each method keeps the one its numbers were
-    benchmarked with:
+    The one L2 normalisation of kerakd, in several writings of the same
+    value whose last bits differ: TensorFlow's graph optimizer turns a
+    division by a square root into a product with its reciprocal, and the
+    gradient of `x * x` sums two products where `square(x)`'s doubles one,
+    so each writing rounds its values or gradients its own way. Each method
+    keeps the one its numbers were benchmarked with. `epsilon_on` says where
+    the floor applies:
 
     - `"squares"` (default; CRD, SP, PKT, RKD): `x / sqrt(max(sum x^2,
       epsilon^2))`, so that a zero vector (RKD's `e_i - e_i`) gets a zero
       gradient rather than the NaN of differentiating `sqrt` at 0.
-    - `"norm"` (AID): `x / max(sqrt(sum x^2), epsilon)`, as `F.normalize`
-      writes it.
-
-    Two normalisations keep a formula of their own, for the same reason:
-    `kerakd.losses.attention_map` (squares as `e * e`, whose gradient rounds
-    differently from `square(e)`'s) and the `keras.ops.normalize(x,
-    epsilon=1e-12)` of SemCKD and AFD (`x * min(rsqrt(sum x^2), 1e12)`).
+    - `"norm"` (AID; with `square="product"`, the attention maps of AT,
+      FRSKD and AFD, `kerakd.losses.attention_map`): `x / max(sqrt(sum
+      x^2), epsilon)`, as `F.normalize` writes it.
+    - `"inverse_norm"` (SemCKD; AFD's attention values): `x *
+      min(rsqrt(sum x^2), 1 / epsilon)`, as `keras.ops.normalize(x,
+      epsilon=epsilon)` writes it.
 
     Args:
         x: a float tensor.
         axis: the axis normalised to unit length.
         epsilon: the smallest norm divided by (PyTorch's default, 1e-12).
-        epsilon_on: `"squares"` or `"norm"`, see above.
+        epsilon_on: `"squares"`, `"norm"` or `"inverse_norm"`, see above.
+        square: how the squares summed are written: `"square"`
+            (`square(x)`) or `"product"` (`x * x`), see above.
 
     Example:
 
@@ -44,12 +47,17 @@ def l2_normalize(x, axis=-1, epsilon=1e-12, epsilon_on="squares"):
     array([[0.6, 0.8],
            [0. , 0. ]], dtype=float32)
     """
-    squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    if epsilon_on not in ("squares", "norm", "inverse_norm"):
+        raise ValueError(
+            f"`epsilon_on` is 'squares', 'norm' or 'inverse_norm', got {epsilon_on!r}.")
+    if square not in ("square", "product"):
+        raise ValueError(f"`square` is 'square' or 'product', got {square!r}.")
+    squares = ops.sum(ops.square(x) if square == "square" else x * x, axis=axis, keepdims=True)
     if epsilon_on == "squares":
         return x / ops.sqrt(ops.maximum(squares, epsilon * epsilon))
     if epsilon_on == "norm":
         return x / ops.maximum(ops.sqrt(squares), epsilon)
-    raise ValueError(f"`epsilon_on` is 'squares' or 'norm', got {epsilon_on!r}.")
+    return x * ops.minimum(ops.rsqrt(squares), 1.0 / epsilon)
 
 
 def cosine_similarity_matrix(rows, columns=None, epsilon_on="squares"):
