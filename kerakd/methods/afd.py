@@ -191,15 +191,3 @@ class AFD(Method):
     def callbacks(self, log_dir, sample_images):
         """A `LinkMatrixLogger` drawing the teacher x student link matrix."""
         return [link_matrix.LinkMatrixLogger(self, log_dir, rows="teacher", columns="student")]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            afd_weight=self.afd_weight,
-            temperature=self.temperature,
-            qk_dim=self.qk_dim,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

@@ -290,21 +290,3 @@ class AID(Method):
             losses=self.weighted(terms),
             logits={f"branch{s + 1}": z for s, z in zip(self.stages, branch_logits)},
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            stages=list(self.stages),
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            temperature=self.temperature,
-            feat_weight=self.feat_weight,
-            logit_weight=self.logit_weight,
-            task_weight=self.task_weight,
-            relation_weight=self.relation_weight,
-            relation_temperature=self.relation_temperature,
-            orth_weight=self.orth_weight,
-            normalize_logits=self.normalize_logits,
-            branch_builder=self.branch_builder,
-        )
-        return config

@@ -102,8 +102,3 @@ class AT(Method):
                 "at": sum(losses.at_loss(*pool_to_smaller(s, t)) for s, t in pairs),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(ce_weight=self.ce_weight, at_weight=self.at_weight)
-        return config

@@ -140,8 +140,8 @@ class Method(keras.layers.Layer):
       composition of methods counts it once.
 
     Hyperparameters are constructor arguments, named by the rule of
-    docs/methods/conventions.md ("Hyperparameter names"), and appear in
-    `get_config()`.
+    docs/methods/conventions.md ("Hyperparameter names"), each kept in the
+    attribute of its name, from which `get_config()` reads it.
     """
 
     requires_teacher = True
@@ -206,6 +206,33 @@ class Method(keras.layers.Layer):
     def build(self, spec):
         """Creates the method's trainable parts from a `TapSpec`."""
         self.spec = spec
+
+    def get_config(self):
+        """The layer's config and the method's hyperparameters: every
+        argument of its constructor, read from the attribute of the same name.
+
+        A tuple is given as a list, as a saved config holds it; an argument
+        without such an attribute is left to the subclass's `get_config`,
+        which also adds what no argument holds.
+
+        Example:
+
+        >>> method = kerakd.methods.get("kd", temperature=2.0)
+        >>> config = method.get_config()
+        >>> config["name"], config["ce_weight"], config["kd_weight"], config["temperature"]
+        ('kd', 0.1, 0.9, 2.0)
+        >>> type(method).from_config(config).get_config() == config
+        True
+        """
+        config = super().get_config()
+        parameters = inspect.signature(type(self).__init__).parameters.values()
+        for parameter in list(parameters)[1:]:  # after `self`
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if hasattr(self, parameter.name):
+                value = getattr(self, parameter.name)
+                config[parameter.name] = list(value) if isinstance(value, tuple) else value
+        return config
 
     def get_build_config(self):
         return {"spec": self.spec.get_config()} if self.spec else None

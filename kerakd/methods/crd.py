@@ -304,20 +304,3 @@ class CRD(Method):
             }),
             metrics=ls.scale_metrics(data, self.logit_standardization),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            crd_weight=self.crd_weight,
-            temperature=self.temperature,
-            feat_dim=self.feat_dim,
-            negatives=self.negatives,
-            nce_temperature=self.nce_temperature,
-            momentum=self.momentum,
-            num_data=self.num_data,
-            queue=self.queue,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

@@ -226,19 +226,3 @@ class CTKD(Method):
 
     def callbacks(self, log_dir, sample_images):
         return [CurriculumLambda(self)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            host=self.host,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            tckd_weight=self.tckd_weight,
-            nckd_weight=self.nckd_weight,
-            t_start=self.t_start,
-            t_range=self.t_range,
-            initial_theta=self.initial_theta,
-            decay_epochs=self.decay_epochs,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

@@ -136,14 +136,3 @@ class DIST(Method):
             }),
             metrics={"row_correlation": ops.stop_gradient(row_correlation)},
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            inter_weight=self.inter_weight,
-            intra_weight=self.intra_weight,
-            temperature=self.temperature,
-        )
-        return config

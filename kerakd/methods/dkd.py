@@ -190,15 +190,3 @@ class DKD(Method):
 
     def callbacks(self, log_dir, sample_images):
         return [DKDWarmup(self)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            tckd_weight=self.tckd_weight,
-            nckd_weight=self.nckd_weight,
-            temperature=self.temperature,
-            warmup=self.warmup,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

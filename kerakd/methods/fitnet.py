@@ -90,12 +90,3 @@ class FitNet(Method):
                 "hint": ops.mean(ops.square(hint - f_t)),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            hint_weight=self.hint_weight,
-            stage=self.stage,
-        )
-        return config

@@ -132,13 +132,3 @@ class FRSKD(Method):
             "classifier": dict(zip(names, features)),
             "self_teacher": dict(zip(names, refined)),
         }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            self_kd_weight=self.self_kd_weight,
-            self_at_weight=self.self_at_weight,
-            temperature=self.temperature,
-            width=self.width,
-        )
-        return config

@@ -58,13 +58,3 @@ class KD(Method):
             }),
             metrics=ls.scale_metrics(data, self.logit_standardization),
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            temperature=self.temperature,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

@@ -299,17 +299,6 @@ class LFMA(Method):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            kd_weight=self.kd_weight,
-            head_kd_weight=self.head_kd_weight,
-            ce_weight=self.ce_weight,
-            head_ce_weight=self.head_ce_weight,
-            temperature=self.temperature,
-            fmc_probability=self.fmc_probability,
-            fmc_in_backbone=self.fmc_in_backbone,
-            include_last=self.include_last,
-            head_builder=self.head_builder,
-        )
         if self.prepared_taps:
             config["prepared_taps"] = self.prepared_taps
         return config
@@ -359,9 +348,3 @@ class DSN(LFMA):
             head_builder=head_builder,
             **kwargs,
         )
-
-    def get_config(self):
-        config = super().get_config()
-        for name in ("kd_weight", "head_kd_weight", "temperature", "fmc_in_backbone"):
-            del config[name]
-        return config

@@ -240,15 +240,3 @@ class MLKD(Method):
                 **ls.scale_metrics(data, self.logit_standardization),
             },
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            temperatures=list(self.temperatures),
-            masking=self.masking,
-            logit_standardization=self.logit_standardization,
-            base_temperature=self.base_temperature,
-        )
-        return config

@@ -81,8 +81,3 @@ class PKT(Method):
                 "pkt": pkt_loss(f_s, f_t),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(ce_weight=self.ce_weight, pkt_weight=self.pkt_weight)
-        return config

@@ -100,12 +100,3 @@ class RKD(Method):
                 "angle": rkd_angle_loss(f_s, f_t),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            distance_weight=self.distance_weight,
-            angle_weight=self.angle_weight,
-        )
-        return config

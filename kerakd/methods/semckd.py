@@ -256,15 +256,3 @@ class SemCKD(Method):
     def callbacks(self, log_dir, sample_images):
         """A `LinkMatrixLogger` drawing the student x teacher link matrix."""
         return [link_matrix.LinkMatrixLogger(self, log_dir, rows="student", columns="teacher")]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            semckd_weight=self.semckd_weight,
-            temperature=self.temperature,
-            tau=self.tau,
-            logit_standardization=self.logit_standardization,
-        )
-        return config

@@ -97,8 +97,3 @@ class SP(Method):
                 "sp": sum(sp_loss(s, t) for s, t in pairs),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(ce_weight=self.ce_weight, sp_weight=self.sp_weight, stage=self.stage)
-        return config

@@ -154,13 +154,3 @@ class VID(Method):
                 "vid": sum(terms),
             })
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            ce_weight=self.ce_weight,
-            vid_weight=self.vid_weight,
-            init_variance=self.init_variance,
-            min_variance=self.min_variance,
-        )
-        return config
