@@ -1,8 +1,6 @@
 """`Distiller`: a `keras.Model` that trains a student with a distillation method."""
 
 import keras
-import tensorflow as tf
-from keras import ops
 
 from kerakd import batches
 from kerakd import callbacks as callbacks_lib
@@ -95,10 +93,7 @@ class Distiller(keras.Model):
             self.method.build(spec)
             checks.warn_if_oversized(self.method, self.student, spec)
         self._image_shape = image_shape
-        # Sets term_trackers, loss_tracker, ... (names: kerakd.metrics.trackers).
-        for attribute, tracker in metrics.trackers(metrics.output_names(self, spec),
-                                                   self.nan_policy).items():
-            setattr(self, attribute, tracker)
+        metrics.set_trackers(self, spec)  # term_trackers, loss_tracker, ...
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # A private Keras hook (compat.SYMBOLIC_BUILD_HOOK): Keras all-reduces a
@@ -144,9 +139,8 @@ class Distiller(keras.Model):
     def teacher_features(self, images):
         """The teacher's features (inference mode) at the layers the method
         taps, as `student_features`; `{}` without a teacher."""
-        if self._teacher_net is None:
-            return {}
-        return self._teacher_net.features(batches.images_of(images), False)[0]
+        return (self._teacher_net.features(batches.images_of(images), False)[0]
+                if self._teacher_net else {})
 
     def compute_loss_terms(self, x, y, training=False):
         """The weighted loss terms of one batch, `{term: weight * value}`.
@@ -172,24 +166,22 @@ class Distiller(keras.Model):
         >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
         >>> distiller = kerakd.Distiller(student, "kd", teacher)
         >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
-        >>> labels = np.arange(8)
-        >>> terms = distiller.compute_loss_terms(images, labels)
+        >>> terms = distiller.compute_loss_terms(images, np.arange(8))
         >>> {name: float(value) for name, value in terms.items()}   # 0.1 CE (~0.1 ln 10), 0.9 KD
         {'ce': 0.2..., 'kd': 0.0...}
         """
-        return self._weighted(self._batch_output(x, y, training).losses)
+        return gradients_lib.weighted_terms(self._batch_output(x, y, training).losses,
+                                            self.method.term_weights)
 
     def compute_losses(self, x, y, training=False):
-        """The loss of one batch and its terms, as `fit` logs them.
+        """The loss of one batch and its unweighted terms, as `fit` logs them.
 
-        `loss` is the weighted sum a training step minimizes, before weight
-        decay (which adds `kerakd.gradients.l2_penalty(trainable_variables,
-        weight_decay)`); each term is the method's value before its weight,
-        in the dtype the method computed it. Runs as `compute_loss_terms`.
+        `loss` is the sum of `compute_loss_terms` (weight decay adds
+        `kerakd.gradients.l2_penalty`); each term is in the method's dtype.
 
         Args:
-            x: a batch of images, or a dict of them (`compute_loss_terms`).
-            y: the labels.
+            x: a batch, as for `compute_loss_terms`.
+            y: its labels.
             training: run as a training step (default: inference).
 
         Returns:
@@ -200,15 +192,13 @@ class Distiller(keras.Model):
         >>> student = kerakd.models.get("resnet8", 10, (16, 16, 3))
         >>> teacher = kerakd.models.get("resnet8x4", 10, (16, 16, 3))
         >>> distiller = kerakd.Distiller(student, "kd", teacher)
-        >>> images = np.random.rand(8, 16, 16, 3).astype("float32")
-        >>> losses = distiller.compute_losses(images, np.arange(8))
-        >>> list(losses), distiller.method.term_weights
+        >>> losses = distiller.compute_losses(np.zeros((8, 16, 16, 3), "float32"), np.arange(8))
+        >>> list(losses), distiller.method.term_weights   # loss = 0.1 ce + 0.9 kd
         (['loss', 'ce', 'kd'], {'ce': 0.1, 'kd': 0.9})
-        >>> bool(np.isclose(losses["loss"], 0.1 * losses["ce"] + 0.9 * losses["kd"]))
-        True
         """
         out = self._batch_output(x, y, training)
-        return {"loss": self._total_loss(out.losses), **out.losses}
+        return {"loss": gradients_lib.total_loss(out.losses, self.method.term_weights),
+                **out.losses}
 
     def _batch_output(self, x, y, training):
         images = batches.images_of(x)
@@ -217,53 +207,29 @@ class Distiller(keras.Model):
         return self._method_output(images, y, training, batches.index_of(x),
                                    strong_images=batches.strong_images_of(x, self.method))
 
-    def _forward_teacher(self, images):
-        taps, logits = self._teacher_net(images, training=False)
-        return keras.tree.map_structure(ops.stop_gradient, (taps, logits))
-
     def _method_output(self, images, labels, training, index=None, teacher=None,
                        strong_images=None):
         """Runs both networks (the teacher unless given) and the method."""
-        if teacher is None and self._teacher_net is not None:
-            teacher = self._forward_teacher(images)
-        data = StepData(
-            images=images, labels=labels,
-            **_sides(self._student_net(images, training=training), teacher),
-            training=training,
-            forward_student=lambda x: self._student_net(x, training=training),
-            forward_teacher=self._forward_teacher if self._teacher_net else None,
-            index=index, strong_images=strong_images,
-        )
+        data = _step_data(self._student_net, self._teacher_net, images, labels, training,
+                          index, teacher, strong_images)
         out = check_output(self.method, self.method(data=data, training=training))
         out.logits["_student"] = data.student_logits
         return out
-
-    def _weighted(self, terms):
-        return {name: ops.cast(self.method.term_weights[name], "float32") * value
-                for name, value in terms.items()}
-
-    def _total_loss(self, terms):
-        return sum(self._weighted(terms).values())
 
     def train_step(self, data):
         images, labels, index, strong_images = batches.unpack(data, self.method, training=True)
         if not self.built:
             self.build(tuple(images.shape))
         checks.check_batch_input(self, images, labels, self.student.outputs[0].shape[-1])
-        teacher = self._forward_teacher(images) if self._teacher_net else None
+        teacher = self._teacher_net.frozen(images) if self._teacher_net else None
         variables = self.trainable_variables
         # Read before the forward pass updates it: a skipped batch puts it back.
         state = (distribute.forward_state([self.student, self.method])
                  if self.nan_policy == "skip_batch" else None)
-        with tf.GradientTape() as tape:
-            out = self._method_output(images, labels, True, index, teacher, strong_images)
-            total = self._total_loss(out.losses)
-            objective = gradients_lib.objective(total, variables, self.weight_decay,
-                                                self.clip_grad_norm, self.optimizer)
-        gradients = tape.gradient(objective, variables)
-        if self.clip_grad_norm:
-            gradients = gradients_lib.clip_then_decay(
-                gradients, variables, self.clip_grad_norm, self.weight_decay, self.optimizer)
+        out, total, gradients = gradients_lib.step_gradients(
+            lambda: self._method_output(images, labels, True, index, teacher, strong_images),
+            self.method.term_weights, variables, self.weight_decay, self.clip_grad_norm,
+            self.optimizer)
         if self.nan_policy == "stop":
             self.optimizer.apply_gradients(zip(gradients, variables))
             finite = None
@@ -305,6 +271,22 @@ def _tap_spec(student_net, teacher_net, image_shape):
         image_shape=image_shape,
         student_tap_names=student_net.roles,
         teacher_tap_names=teacher_net.roles if teacher_net else {},
+    )
+
+
+def _step_data(student_net, teacher_net, images, labels, training, index, teacher,
+               strong_images):
+    """The `StepData` of one batch: the student's forward pass (`training`
+    mode) and the teacher's, unless `teacher` is its `(taps, logits)`."""
+    if teacher is None and teacher_net is not None:
+        teacher = teacher_net.frozen(images)
+    return StepData(
+        images=images, labels=labels,
+        **_sides(student_net(images, training=training), teacher),
+        training=training,
+        forward_student=lambda x: student_net(x, training=training),
+        forward_teacher=teacher_net.frozen if teacher_net else None,
+        index=index, strong_images=strong_images,
     )
 
 

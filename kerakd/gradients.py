@@ -1,4 +1,5 @@
-"""The gradient of a `Distiller` step as PyTorch's SGD recipe takes it.
+"""The objective of a `Distiller` step and its gradient as PyTorch's SGD
+recipe takes it.
 
 PyTorch's SGD adds `weight_decay * w` to each gradient (coupled weight
 decay), and `clip_grad_norm_` before `optimizer.step()` clips the gradient of
@@ -11,6 +12,31 @@ import tensorflow as tf
 from keras import ops
 
 from kerakd import distribute
+
+
+def weighted_terms(terms, weights):
+    """`{name: weight * value}` of a method's loss terms, the weights in float32.
+
+    Args:
+        terms: `{term name: unweighted value}` (a `MethodOutput`'s `losses`).
+        weights: the method's `term_weights` (numbers, or variables).
+
+    Example:
+
+    >>> from kerakd.gradients import total_loss, weighted_terms
+    >>> terms, weights = {"ce": 2.0, "kd": 0.5}, {"ce": 0.1, "kd": 0.9}
+    >>> {name: round(float(value), 4) for name, value in weighted_terms(terms, weights).items()}
+    {'ce': 0.2, 'kd': 0.45}
+    >>> round(float(total_loss(terms, weights)), 4)
+    0.65
+    """
+    return {name: ops.cast(weights[name], "float32") * value for name, value in terms.items()}
+
+
+def total_loss(terms, weights):
+    """The sum of `weighted_terms(terms, weights)`: the loss a step minimizes
+    (before weight decay)."""
+    return sum(weighted_terms(terms, weights).values())
 
 
 def l2_penalty(variables, weight_decay):
@@ -43,6 +69,33 @@ def objective(total, variables, weight_decay, clip_norm, optimizer):
     if not clip_norm:
         total = total + l2_penalty(variables, weight_decay)
     return optimizer.scale_loss(distribute.scale_for_replicas(total))
+
+
+def step_gradients(forward, weights, variables, weight_decay, clip_norm, optimizer):
+    """Runs a step's forward pass under a gradient tape; returns its output,
+    the loss and the gradients of the step's objective (`objective`, then
+    `clip_then_decay` if clipping), ready for `optimizer`.
+
+    Args:
+        forward: a function of no arguments returning the step's `MethodOutput`.
+        weights: the method's `term_weights`.
+        variables: the trainable variables.
+        weight_decay: the coefficient of the coupled weight decay.
+        clip_norm: the Distiller's `clip_grad_norm` (0: off).
+        optimizer: the optimizer that applies the gradients.
+
+    Returns:
+        `(output, total_loss, gradients)`, a gradient None for a variable the
+        loss does not reach.
+    """
+    with tf.GradientTape() as tape:
+        output = forward()
+        total = total_loss(output.losses, weights)
+        loss = objective(total, variables, weight_decay, clip_norm, optimizer)
+    gradients = tape.gradient(loss, variables)
+    if clip_norm:
+        gradients = clip_then_decay(gradients, variables, clip_norm, weight_decay, optimizer)
+    return output, total, gradients
 
 
 def loss_scale(optimizer):

@@ -98,6 +98,18 @@ def trackers(names, nan_policy):
     }
 
 
+def set_trackers(distiller, spec):
+    """Sets the `trackers` of the Distiller being built as its attributes.
+
+    Args:
+        distiller: the Distiller (its networks and method are built).
+        spec: the method's `TapSpec`.
+    """
+    for attribute, tracker in trackers(output_names(distiller, spec),
+                                       distiller.nan_policy).items():
+        setattr(distiller, attribute, tracker)
+
+
 def all_trackers(model):
     """Every tracker of the built Distiller `model`, as its `metrics`."""
     compiled = compat.compile_metrics(model)

@@ -33,6 +33,7 @@ import difflib
 import re
 
 import keras
+from keras import ops
 
 from kerakd import compat
 
@@ -246,6 +247,11 @@ class TappedModel:
     def __call__(self, images, training):
         by_name, logits = self.features(images, training)
         return {r: [by_name[n] for n in names] for r, names in self.roles.items()}, logits
+
+    def frozen(self, images):
+        """`(taps, logits)` in inference mode as stop-gradient targets (the
+        teacher's: the gradient reaches neither its weights nor its input)."""
+        return keras.tree.map_structure(ops.stop_gradient, self(images, training=False))
 
     def features(self, images, training):
         """`({layer name: features}, logits)` of one forward pass."""

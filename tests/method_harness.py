@@ -13,6 +13,8 @@ import inspect
 import keras
 import numpy as np
 
+from kerakd import compat
+
 
 def run_config_round_trip(method):
     config = method.get_config()
@@ -25,8 +27,8 @@ def run_config_round_trip(method):
 
 
 def seed_generators(layer):
-    # Tests only: Keras has no public walk over a Layer's nested sublayers.
-    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
+    """The random-seed generators of `layer` and of every layer inside it."""
+    for sublayer in [layer, *compat.all_layers(layer)]:
         for value in vars(sublayer).values():
             if isinstance(value, keras.random.SeedGenerator):
                 yield value

@@ -13,6 +13,7 @@ from kerakd.methods.compose import Compose
 from kerakd.methods.fitnet import FitNet
 from kerakd.methods.lfma import LFMA
 
+from method_harness import seed_generators
 from reference import make_dataset
 
 B, K = 8, 5
@@ -160,14 +161,6 @@ HPARAMS = {"kd": {"ce_weight": 1.0}, "crd": {"num_data": 8}, "ctkd": {"ce_weight
 SHAPE, BATCH = (16, 16, 3), 8
 
 
-def seed_generators(layer):
-    # Tests only: Keras has no public walk over a Layer's nested sublayers.
-    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
-        for value in vars(sublayer).values():
-            if isinstance(value, keras.random.SeedGenerator):
-                yield value
-
-
 @pytest.fixture(scope="module")
 def parts():
     """Each method alone, built on one student and teacher: its distiller,
@@ -195,7 +188,7 @@ def parts():
             states = [g.state.numpy() for g in seed_generators(method)]
             terms = {k: float(v) for k, v in distiller.compute_loss_terms(x, y).items()}
             s_out = distiller._student_net(x["images"], training=False)
-            t_out = (distiller._forward_teacher(x["images"])
+            t_out = (distiller._teacher_net.frozen(x["images"])
                      if distiller._teacher_net is not None else None)
             cache[name] = (distiller, method.get_weights(), states, terms, (s_out, t_out))
         return cache[name]

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import kerakd
+from kerakd import compat
 from kerakd.nn import initializers
 
 # -- initializers: the empirical distribution of a large kernel -------------
@@ -188,15 +189,10 @@ def built_method(name):
     return distiller.method
 
 
-def method_layers(method):
-    # Tests only: Keras has no public walk over a Layer's nested sublayers.
-    return method._flatten_layers(include_self=False, recursive=True)
-
-
 @pytest.mark.parametrize("name", kerakd.methods.available())
 def test_method_modules_start_as_the_reference_code(name):
     method = built_method(name)
-    layers = list(method_layers(method))
+    layers = compat.all_layers(method)
     for layer, kind, kernel, bias in weighted_layers(layers):
         where = f"{name}: {layer.name}"
         assert kernel == torch_default_kernel(kind), where
