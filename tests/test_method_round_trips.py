@@ -12,6 +12,17 @@ SHAPE, BATCH, CLASSES = (16, 16, 3), 8, 5
 REQUIRED = {"crd": {"num_data": BATCH}}
 
 
+# A composition too: loading builds its components from their own saved
+# configs before the composition's build runs.
+COMPOSITIONS = ["fitnet+crd"]
+
+
+def method_of(name):
+    if "+" in name:
+        return kerakd.methods.get(name, **{n: REQUIRED[n] for n in name.split("+") if n in REQUIRED})
+    return kerakd.methods.get(name, **REQUIRED.get(name, {}))
+
+
 def batch():
     rng = np.random.default_rng(0)
     x = {"images": rng.normal(size=(BATCH, *SHAPE)).astype("float32"),
@@ -22,14 +33,14 @@ def batch():
     return x, rng.integers(0, CLASSES, BATCH).astype("int32")
 
 
-@pytest.mark.parametrize("name", kerakd.methods.available())
+@pytest.mark.parametrize("name", [*kerakd.methods.available(), *COMPOSITIONS])
 def test_config_round_trip_keeps_every_argument(name):
-    run_config_round_trip(kerakd.methods.get(name, **REQUIRED.get(name, {})))
+    run_config_round_trip(method_of(name))
 
 
-@pytest.mark.parametrize("name", kerakd.methods.available())
+@pytest.mark.parametrize("name", [*kerakd.methods.available(), *COMPOSITIONS])
 def test_trained_distiller_round_trips_through_a_keras_file(name, tmp_path):
-    method = kerakd.methods.get(name, **REQUIRED.get(name, {}))
+    method = method_of(name)
     student = kerakd.models.get("resnet8", CLASSES, SHAPE)
     teacher = kerakd.models.get("wrn_16_1", CLASSES, SHAPE) if method.requires_teacher else None
     distiller = kerakd.Distiller(student, method, teacher)

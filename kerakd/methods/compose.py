@@ -140,6 +140,11 @@ class Compose(Method):
     def build(self, spec):
         super().build(spec)
         for method in self.components:
+            # A loaded composition's components come built from their own
+            # saved build config (a view of this spec); built twice, a
+            # component would add its parts again.
+            if method.built:
+                continue
             method.build(dataclasses.replace(
                 spec,
                 student=self._view(spec.student, method, "student"),
