@@ -316,7 +316,7 @@ def full_test_accuracy(model, export_dir, report, formats, images, labels, threa
 
 def export_and_score(entry, source, images, labels, formats, export_root, threads):
     """Exports one model to `formats` and scores every artifact on the test set."""
-    model = keras.saving.load_model(entry["file"], compile=False)
+    model = export.load_model(entry["file"])
     calibration = data.training_dataset(
         source, entry["batch_size"], augment="none", seed=entry["seed"]
     ).take(FLAGS.calibration_batches)

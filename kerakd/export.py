@@ -56,6 +56,7 @@ from absl import app
 from absl import flags
 from absl import logging as absl_logging
 
+import kerakd
 from kerakd import compat
 
 FORMATS = ("saved_model", "tflite", "tflite_int8", "onnx")
@@ -365,6 +366,19 @@ def _accuracy(logits, labels):
     return None if labels is None else float(np.mean(np.argmax(logits, -1) == labels))
 
 
+def load_model(path):
+    """The Keras model saved at `path`, uncompiled, with kerakd's Keras classes
+    registered first: a model saved straight from the zoo
+    (`kerakd.models.get(...).save(...)`) holds kerakd's BatchNormalization,
+    which a process that imported only `kerakd.export` would not know.
+
+    Args:
+        path: a `.keras` file.
+    """
+    kerakd.import_all()
+    return keras.saving.load_model(path, compile=False)
+
+
 def export_student(student, output_dir, formats=FORMATS, representative_data=None,
                    test_data=None, normalisation=None, raw_pixels=False,
                    calibration_batches=None, tolerance=FLOAT_TOLERANCE, style=None):
@@ -579,7 +593,7 @@ def export_run(flag_values):
     except (data_sources.DataError, RuntimeError, ValueError) as error:
         raise _usage(str(error).replace("\n", " ")) from error
     info = source.info
-    student = keras.saving.load_model(student_path, compile=False)
+    student = load_model(student_path)
     calibration = data.training_dataset(source, run.batch_size, augment="none",
                                         seed=run.seed).take(fv.calibration_batches)
     test = next(iter(data.validation_dataset(source, fv.verification_examples)))

@@ -204,8 +204,9 @@ def test_deploy_writes_results_plot_and_markdown(tmp_path):
                "--formats=saved_model,tflite_int8", "--threads=1,2", "--rounds=4",
                "--warmup=1", "--blocks=2", "--calibration_batches=1",
                f"--results_dir={tmp_path}", f"--figure={figure}", f"--output={markdown}"]
-    subprocess.run(command, check=True, capture_output=True, timeout=600,  # a hang guard
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600,  # a hang guard
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
 
     (results,) = tmp_path.glob("deploy-*.json")
     run = json.loads(results.read_text())

@@ -249,11 +249,16 @@ def test_skipping_most_batches_stops_the_run(faulty_methods, tmp_path, capsys, b
             ["kerakd-train", *args[:-2], "--max_skipped_share=0.9", args[-1]])) == []
 
 
-def test_main_exits_non_zero_with_the_message(monkeypatch, capsys):
+def test_main_exits_non_zero_with_the_message(monkeypatch, tmp_path):
+    from kerakd import training
+
     def stop(flag_values):
         raise NonFiniteLossError("Loss term 'kd' is nan at training step 7.")
 
-    monkeypatch.setattr(train, "train", stop)
+    monkeypatch.setattr(training, "train", stop)
+    # `main` reads the process's flags, as `app.run` leaves them parsed.
+    monkeypatch.setattr(flags, "FLAGS", kerakd_flags.parse(
+        ["kerakd-train", "--method=none", "--dataset=synthetic", f"--model_dir={tmp_path}"]))
     with pytest.raises(SystemExit) as exit_info:
         train.main(["kerakd-train"])
     assert exit_info.value.code == "kerakd-train: Loss term 'kd' is nan at training step 7."
