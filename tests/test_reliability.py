@@ -1,5 +1,5 @@
 """Reliability of `kerakd-train`: exact resume, numerical faults, bad input,
-teacher integrity (issue 12). Runs are tiny; the runs that enable op
+teacher integrity. Runs are tiny; the runs that enable op
 determinism (process-wide) go to subprocesses."""
 
 import json
