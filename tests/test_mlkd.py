@@ -57,7 +57,8 @@ def np_masks(t_w):
             class_confidence <= np.percentile(class_confidence, 50))
 
 
-def np_mlkd(s_w, s_s, t_w, t_s, y, ce_weight=0.1, kd_weight=0.9, t0=4.0, standardize=False):
+def np_mlkd(s_w, s_s, t_w, t_s, y, ce_weight=0.1, kd_weight=0.9, t0=4.0, standardize=False,
+            cc_weight=None, bc_weight=None):
     """The authors' forward_train with reduce=True masks (scalar factors)."""
     keep_b, keep_k = np_masks(t_w)
     f_b, f_k = keep_b.mean(), keep_k.mean()
@@ -70,7 +71,10 @@ def np_mlkd(s_w, s_s, t_w, t_s, y, ce_weight=0.1, kd_weight=0.9, t0=4.0, standar
     cc = f_k * sum(np_cc(s_w, t_w, t) for t in temperatures)
     bc = f_b * sum(np_bc(s_w, t_w, t) for t in temperatures)
     terms = {"ce": np_ce(s_w, y), "ce_strong": np_ce(s_s, y), "kd": kd, "cc": cc, "bc": bc}
-    total = ce_weight * (terms["ce"] + terms["ce_strong"]) + kd_weight * (kd + cc + bc)
+    cc_weight = kd_weight if cc_weight is None else cc_weight
+    bc_weight = kd_weight if bc_weight is None else bc_weight
+    total = (ce_weight * (terms["ce"] + terms["ce_strong"]) + kd_weight * kd
+             + cc_weight * cc + bc_weight * bc)
     return terms, total
 
 
@@ -109,6 +113,21 @@ def test_level_terms_at_t4_match_numpy():
                                rtol=1e-5)
     np.testing.assert_allclose(mlkd.batch_consistency(S_W, T_W, 4.0), np_bc(S_W, T_W, 4.0),
                                rtol=1e-5)
+
+
+def test_cc_and_bc_weights_default_to_kd_weight_and_scale_only_their_terms():
+    method = built(cc_weight=0.00225, bc_weight=0.5)
+    assert method.term_weights == {"ce": 0.1, "ce_strong": 0.1, "kd": 0.9, "cc": 0.00225,
+                                   "bc": 0.5}
+    out = method(data=step())
+    terms, total = np_mlkd(S_W, S_S, T_W, T_S, LABELS, cc_weight=0.00225, bc_weight=0.5)
+    np.testing.assert_allclose(weighted_total(method, out), total, rtol=1e-5)
+    again = type(method).from_config(method.get_config())
+    assert (again.cc_weight, again.bc_weight) == (0.00225, 0.5)
+    # Unset, each follows kd_weight, LS's 9 included.
+    assert built(logit_standardization=True).term_weights["cc"] == 9.0
+    with pytest.raises(ValueError, match="cc_weight"):
+        kerakd.methods.get("mlkd", cc_weight=-1.0)
 
 
 def test_every_term_and_the_total_match_the_reference():

@@ -123,7 +123,13 @@ class MLKD(Method):
                     + sum_{T in Ts[:3]} KD_T(s_s, t_s) + sum_{T in Ts[3:]} KD_T(s_w, t_w)
         cc        = f_K * sum_{T in Ts} class_consistency(s_w, t_w, T)
         bc        = f_B * sum_{T in Ts} batch_consistency(s_w, t_w, T)
-        L = ce_weight * (ce + ce_strong) + kd_weight * (kd + cc + bc)
+        L = ce_weight * (ce + ce_strong) + kd_weight * kd + cc_weight * cc + bc_weight * bc
+
+    `cc` sums a `K x K` Gram of batch sums, so its size grows as `(B / K)^2`
+    with the batch `B` and the classes `K`: at the authors' CIFAR-100 batch
+    of 64 it is a small share of the loss, with 10 classes and a batch of 128
+    its gradient is as large as all the kd terms together. `cc_weight`
+    rescales it for such datasets (docs/methods/mlkd.md).
 
     Args:
         ce_weight: weight of the `ce` and `ce_strong` terms, the label
@@ -141,6 +147,9 @@ class MLKD(Method):
             confidences read the raw logits.
         base_temperature: the first temperature `T0` (default: the first of
             `temperatures`, 4; 2 with LS).
+        cc_weight: weight of the `cc` term (default: `kd_weight`, as the
+            authors' code weights it).
+        bc_weight: weight of the `bc` term (default: `kd_weight`, likewise).
 
     Example:
 
@@ -164,7 +173,8 @@ class MLKD(Method):
 
     def __init__(self, ce_weight=0.1, kd_weight: float | None = None, temperatures=TEMPERATURES,
                  masking="reference", logit_standardization=False,
-                 base_temperature: float | None = None, **kwargs):
+                 base_temperature: float | None = None, cc_weight: float | None = None,
+                 bc_weight: float | None = None, **kwargs):
         super().__init__(**kwargs)
         temperatures = [float(t) for t in temperatures]
         if not temperatures:
@@ -172,7 +182,11 @@ class MLKD(Method):
         kd_weight = ls.preset(kd_weight, 0.9, 9.0, logit_standardization)
         base_temperature = ls.preset(base_temperature, temperatures[0], 2.0,
                                      logit_standardization)
-        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight)
+        # The reference weights the three level terms alike.
+        cc_weight = kd_weight if cc_weight is None else cc_weight
+        bc_weight = kd_weight if bc_weight is None else bc_weight
+        check_non_negative(ce_weight=ce_weight, kd_weight=kd_weight, cc_weight=cc_weight,
+                           bc_weight=bc_weight)
         check_positive(base_temperature=base_temperature, **{
             f"temperatures[{i}]": t for i, t in enumerate(temperatures)})
         if masking not in MASKINGS:
@@ -183,8 +197,10 @@ class MLKD(Method):
         self.masking = masking
         self.logit_standardization = bool(logit_standardization)
         self.base_temperature = float(base_temperature)
+        self.cc_weight = float(cc_weight)
+        self.bc_weight = float(bc_weight)
         self.set_term_weights({"ce": ce_weight, "ce_strong": ce_weight, "kd": kd_weight,
-                               "cc": kd_weight, "bc": kd_weight})
+                               "cc": cc_weight, "bc": bc_weight})
 
     @property
     def used_temperatures(self):
