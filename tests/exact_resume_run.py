@@ -35,10 +35,12 @@ def weights(model_dir):
 def main():
     out_path, names = sys.argv[1], sys.argv[2:] or kerakd.methods.available()
     root = tempfile.mkdtemp()
-    teacher = os.path.join(root, "teacher")
-    train.run_with_args(["--method=none", "--dataset=synthetic", "--student=resnet8",
-                         "--batch_size=8", "--steps_per_epoch=2", "--epochs=1",
-                         "--lr_milestones=", f"--model_dir={teacher}"])
+    # A frozen teacher of the synthetic data's classes and images, saved as a
+    # run exports its student; untrained: what it predicts plays no part in
+    # whether a resumed run repeats the uninterrupted one.
+    teacher = os.path.join(root, "teacher.keras")
+    keras.utils.set_random_seed(0)
+    kerakd.models.core_keras(kerakd.models.get("resnet8", 4, (16, 16, 3))).save(teacher)
     commit = checkpoint.RunProgress._commit
     snapshot = {}
 
@@ -53,7 +55,7 @@ def main():
         try:
             args = [f"--method={name}", *COMMON]
             if kerakd.flags.requires_teacher(name):
-                args.append(f"--teacher={os.path.join(teacher, 'student.keras')}")
+                args.append(f"--teacher={teacher}")
             whole, killed = os.path.join(root, name), os.path.join(root, f"{name}-killed")
             snapshot["to"] = killed
             first = train.run_with_args([*args, f"--model_dir={whole}"])

@@ -50,7 +50,9 @@ def build(name, hparams, sync_batchnorm=False, clip_grad_norm=0.0):
     student = kerakd.models.get("resnet8", NUM_CLASSES, SHAPE)
     if sync_batchnorm:
         student = synchronize_batchnorm(student)
-    teacher = kerakd.models.get("wrn_16_1", NUM_CLASSES, SHAPE) if method.requires_teacher else None
+    # The teacher: another resnet8 (the stage shapes of a wrn_16_1, 36 layers
+    # to trace per replica instead of 52), its weights drawn after the student's.
+    teacher = kerakd.models.get("resnet8", NUM_CLASSES, SHAPE) if method.requires_teacher else None
     distiller = kerakd.Distiller(student, method, teacher, weight_decay=WEIGHT_DECAY,
                                  clip_grad_norm=clip_grad_norm)
     distiller.build((HALF, *SHAPE))
@@ -154,9 +156,9 @@ def compare(name):
 def compare_sync_batchnorm():
     """With synchronized BatchNorm, 2 replicas step as one device on the whole batch."""
     images, labels = global_batch()
-    initial = build("kd", {}).get_weights()
+    single = build("kd", {})  # gives the initial weights, then steps on one device
+    initial = single.get_weights()
     mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, sync_batchnorm=True)
-    single = build("kd", {})
     single.set_weights(initial)
     start = [v.numpy() for v in single.trainable_variables]
     single.compile(keras.optimizers.SGD(LEARNING_RATE))
@@ -178,9 +180,9 @@ def compare_clip_grad_norm():
     halves' gradients, clipped, then weight decay, as PyTorch's
     `clip_grad_norm_` before a DDP optimizer step."""
     images, labels = global_batch()
-    initial = build("kd", {}).get_weights()
+    reference = build("kd", {})  # gives the initial weights, then the halves' gradients
+    initial = reference.get_weights()
     mirrored, logs = mirrored_step("kd", {}, images, labels, None, initial, clip_grad_norm=CLIP)
-    reference = build("kd", {})
     reference.set_weights(initial)
     variables = reference.trainable_variables
     start = [v.numpy() for v in variables]

@@ -131,6 +131,10 @@ def test_heterogeneous_architectures_train():
     student = kerakd.models.get("wrn_16_1", NUM_CLASSES, IMAGE_SHAPE)  # 6 block taps
     distiller = kerakd.Distiller(student, "afd", teacher)
     distiller.compile(keras.optimizers.SGD(0.01, momentum=0.9))
+    # Built (the method's parts, the optimizer's slots) before fit: variables
+    # created while the step is traced make tf.function trace it a second time.
+    distiller.build((8, *IMAGE_SHAPE))
+    distiller.optimizer.build(distiller.trainable_variables)
     history = distiller.fit(make_dataset(n=16), epochs=1, verbose=0)
     for name in ("loss", "ce", "kd", "afd"):
         assert np.isfinite(history.history[name][-1]), name

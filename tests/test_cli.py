@@ -323,12 +323,12 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     model_dir = tmp_path / "run"
     # Ctrl-C right after epoch 1's checkpoint.
     done = kerakd_train(["--method=none", *TINY, f"--model_dir={model_dir}"], before="""
-        import os, signal
+        import signal
         from kerakd import checkpoint
         commit = checkpoint.RunProgress.on_epoch_end
         def commit_then_interrupt(self, epoch, logs=None):
             commit(self, epoch, logs)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # in this thread, at once
         checkpoint.RunProgress.on_epoch_end = commit_then_interrupt
     """)
     assert done.returncode == 130, done.stderr[-3000:]
