@@ -140,11 +140,6 @@ class Compose(Method):
     def build(self, spec):
         super().build(spec)
         for method in self.components:
-            # A loaded composition's components come built from their own
-            # saved build config (a view of this spec); built twice, a
-            # component would add its parts again.
-            if method.built:
-                continue
             method.build(dataclasses.replace(
                 spec,
                 student=self._view(spec.student, method, "student"),
@@ -229,7 +224,12 @@ class Compose(Method):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # Unbuilt: a saved component's own build config (its view of the
+        # composition's spec) would build it here, and the composition's
+        # build would then add its parts a second time.
         config["methods"] = [
-            keras.saving.deserialize_keras_object(m) for m in config["methods"]
+            keras.saving.deserialize_keras_object(
+                {k: v for k, v in m.items() if k != "build_config"})
+            for m in config["methods"]
         ]
         return cls(**config)
