@@ -24,16 +24,19 @@ def as_temperature(temperature):
     return _f32(temperature)
 
 
-def standardize_logits(logits, epsilon=1e-7):
+def standardize_logits(logits, epsilon=1e-7, unbiased=True):
     """Logit standardisation (LS): `(z - mean_k z) / (std_k z + epsilon)` per row.
 
     The standard deviation is the unbiased one (divisor `K - 1`), as the
-    reference computes it; `epsilon` is added to the deviation, not to the
+    LS reference computes it; `epsilon` is added to the deviation, not to the
     variance. The gradient flows through the row's mean and deviation.
 
     Args:
         logits: `(B, K)`, `K >= 2`.
         epsilon: added to the deviation (default 1e-7).
+        unbiased: divide the variance by `K - 1` (default) or by `K` (the
+            population deviation, AID's "Norm KD" choice: smaller by the
+            factor `sqrt((K - 1) / K)`, ~0.5 % for 100 classes).
 
     Returns:
         float32 `(B, K)`.
@@ -45,7 +48,8 @@ def standardize_logits(logits, epsilon=1e-7):
     array([[-1.1619, -0.3873,  0.3873,  1.1619]], dtype=float32)
     """
     z = _f32(logits)
-    return (z - ops.mean(z, axis=-1, keepdims=True)) / (unbiased_std(z, keepdims=True) + epsilon)
+    std = unbiased_std(z, keepdims=True) if unbiased else ops.std(z, axis=-1, keepdims=True)
+    return (z - ops.mean(z, axis=-1, keepdims=True)) / (std + epsilon)
 
 
 def unbiased_std(logits, keepdims=False):

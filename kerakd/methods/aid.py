@@ -16,18 +16,6 @@ from kerakd.methods.registry import register
 from kerakd.nn import layers as nn_layers
 
 
-def standardize_logits(logits):
-    """Logit standardisation ("Norm KD"): `(z - mean_k z) / (std_k z + 1e-7)` per row.
-
-    `std` is the population standard deviation (choice; the reference code
-    of logit standardisation uses PyTorch's unbiased `std`, which differs by
-    the factor `sqrt(K / (K - 1))`, ~0.5% for 100 classes).
-    """
-    z = ops.cast(logits, "float32")
-    centred = z - ops.mean(z, axis=-1, keepdims=True)
-    return centred / (ops.std(z, axis=-1, keepdims=True) + 1e-7)
-
-
 def orthogonality(kernel):
     """`||W^T W - I||_F + ||W W^T - I||_F` (Bansal et al.'s double soft orthogonality).
 
@@ -217,7 +205,9 @@ class AID(Method):
         )
 
     def _normalize(self, logits):
-        return standardize_logits(logits) if self.normalize_logits else logits
+        # The population deviation: AID's choice (LS divides by K - 1).
+        return (losses.standardize_logits(logits, unbiased=False) if self.normalize_logits
+                else logits)
 
     def second_view(self, images):
         """The batch rotated by 90, 180 or 270 degrees (180 for non-square images)."""
