@@ -23,3 +23,7 @@ def test_writing_a_method_example_registers_and_trains():
                          batch_size=8, verbose=0).history
     assert {"ce", "hint", "loss", "accuracy"} <= set(logs)
     assert 0 <= logs["hint"][0] <= 2
+    # Without a get_config of its own, its arguments survive a config round trip.
+    config = kerakd.methods.get("hint_cosine", hint_weight=2.0).get_config()
+    assert config["hint_weight"] == 2.0 and config["ce_weight"] == 1.0
+    assert type(distiller.method).from_config(config).get_config() == config
