@@ -109,7 +109,8 @@ def test_cosine_matrix_of_rows_and_columns_is_unit_rows_times_unit_columns():
 
 
 def test_attention_map_normalises_to_the_same_values():
-    # Its own formula (see l2_normalize's docstring) gives the same values.
+    # attention_map is l2_normalize(mean_c f^2) with the epsilon on the norm;
+    # the squares-as-products form it computes gives the same forward values.
     f = np.abs(features(4, 8, 8, 16))
     energy = ops.reshape(ops.mean(f * f, axis=-1), (4, -1))
     np.testing.assert_array_equal(losses.attention_map(f),
