@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -325,13 +326,22 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     done = kerakd_train(["--method=none", *TINY, f"--model_dir={model_dir}"], before="""
         import signal
         from kerakd import checkpoint
+        # A terminal's Ctrl-C reaches a process whose SIGINT raises
+        # KeyboardInterrupt; this one inherits the test runner's disposition
+        # and mask (in full-suite runs SIGINT arrived without effect), so both
+        # are set as a shell leaves them, and what was inherited is printed.
+        print("inherited SIGINT:", signal.getsignal(signal.SIGINT),
+              sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         commit = checkpoint.RunProgress.on_epoch_end
         def commit_then_interrupt(self, epoch, logs=None):
             commit(self, epoch, logs)
             signal.raise_signal(signal.SIGINT)  # in this thread, at once
         checkpoint.RunProgress.on_epoch_end = commit_then_interrupt
     """)
-    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.returncode == 130, (done.stderr[-3000:], done.stdout[-1500:],
+                                    "runner:", signal.getsignal(signal.SIGINT))
     assert "Traceback" not in done.stderr
     checkpoint = model_dir / "checkpoints" / "epoch-1.weights.h5"
     assert (f"interrupted. The last checkpoint is {checkpoint} (after epoch 1). Resume "
