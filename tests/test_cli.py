@@ -328,8 +328,9 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
         from kerakd import checkpoint
         # A terminal's Ctrl-C reaches a process whose SIGINT raises
         # KeyboardInterrupt; this one inherits the test runner's disposition
-        # and mask (in full-suite runs SIGINT arrived without effect), so both
-        # are set as a shell leaves them, and what was inherited is printed.
+        # and mask (a shell without job control starts `pytest ... &` with
+        # SIGINT ignored), so both are set as an interactive shell leaves
+        # them, and what was inherited is printed.
         print("inherited SIGINT:", signal.getsignal(signal.SIGINT),
               sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), file=sys.stderr)
         signal.signal(signal.SIGINT, signal.default_int_handler)
