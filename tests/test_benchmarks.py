@@ -232,3 +232,42 @@ def test_deploy_writes_results_plot_and_markdown(tmp_path):
     assert "## Deployment" in text and "<!-- deploy -->" in text
     assert "TFLite int8" in text and figure.name in text
     assert figure.stat().st_size > 0
+
+
+def _diagnostic(tmp_path, script, *args):
+    """`benchmarks/<script>` on the synthetic dataset with an untrained
+    teacher of its shape; its stdout."""
+    import keras
+
+    import kerakd
+
+    teacher = tmp_path / "teacher.keras"
+    if not teacher.exists():
+        keras.utils.set_random_seed(0)
+        kerakd.models.get("resnet8", 4, (16, 16, 3)).save(teacher)
+    completed = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--dataset=synthetic",
+         f"--teacher={teacher}", *args],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.mark.slow
+def test_term_gradients_prints_every_term_of_the_method(tmp_path):
+    out = _diagnostic(tmp_path, "term_gradients.py", "--method=mlkd", "--batch_size=8",
+                      "--flag=cc_weight=0.5")
+    lines = {line.split()[2]: line for line in out.splitlines() if line.startswith("mlkd B=8")}
+    assert sorted(lines) == ["bc", "cc", "ce", "ce_strong", "kd"]
+    norms = {name: float(line.split()[-1]) for name, line in lines.items()}
+    assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
+
+
+@pytest.mark.slow
+def test_soft_targets_reports_each_temperature(tmp_path):
+    out = _diagnostic(tmp_path, "soft_targets.py", "--examples=32", "--targets=raw:4,ls:2")
+    assert "4 classes" in out and "bound (K - 1) / sqrt(K) = 1.500" in out
+    top = [float(re.search(r"mean top probability ([0-9.]+)", line).group(1))
+           for line in out.splitlines() if "mean top probability" in line]
+    assert len(top) == 2 and all(0.25 <= p <= 1 for p in top)  # at least uniform over 4
