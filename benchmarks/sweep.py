@@ -88,6 +88,24 @@ def reference_run(pair, method, budget, teacher):
     return {"method": method, "setting": "(config)", **run}
 
 
+def ce_weight(model_dir):
+    """The weight of the label cross-entropy in the run of `model_dir`: its
+    method made from the run's flags, as `kerakd-train` made it (an unset
+    weight takes the method's preset, e.g. LS's 0.1)."""
+    import kerakd.methods
+
+    with open(os.path.join(model_dir, "results.json")) as file:
+        run_flags = json.load(file)["flags"]
+    name = run_flags["method"]
+    arguments = {k[len(name) + 1:]: v for k, v in run_flags.items()
+                 if k.startswith(f"{name}_") and v is not None}
+    try:
+        method = kerakd.methods.get(name, **arguments)
+    except (TypeError, ValueError):  # a composition or a renamed argument: not shown
+        return float("nan")
+    return float(method.term_weights.get("ce", 0.0))
+
+
 def row(run, plain):
     if "missing" in run:
         return f"| {run['method']} | {run['setting']} | not run yet | | | | |"
@@ -95,7 +113,8 @@ def row(run, plain):
         return f"| {run['method']} | {run['setting']} | diverged | | | | |"
     metrics = run["final_metrics"]
     gain = (f"{100 * (run['final_accuracy'] - plain):+.2f}" if plain is not None else "-")
-    extra = metrics.get("loss", float("nan")) - metrics.get("ce", float("nan"))
+    extra = (metrics.get("loss", float("nan"))
+             - ce_weight(run["model_dir"]) * metrics.get("ce", float("nan")))
     return (f"| {run['method']} | {run['setting']} | {100 * run['final_accuracy']:.2f} | "
             f"{gain} | {100 * metrics.get('accuracy', float('nan')):.2f} | "
             f"{metrics.get('ce', float('nan')):.3f} | {extra:.3f} |")
@@ -106,8 +125,8 @@ def markdown(runs, plain, command):
              f"Command: `{command}` (one seed, {FLAGS.sweep_seed}; the accuracy "
              "benchmark's budget, pair and teacher). *Gain* is against the plain "
              f"student of the same seed ({'-' if plain is None else f'{100 * plain:.2f}'} %); "
-             "*train acc.*, *CE* and *other terms* (the weighted loss minus CE, with "
-             "weight decay excluded) are the last epoch's training means.",
+             "*train acc.*, *CE* and *other terms* (the weighted loss minus the weighted "
+             "CE, with weight decay excluded) are the last epoch's training means.",
              "",
              "| method | setting | final accuracy (%) | gain (points) | train acc. (%) "
              "| CE | other terms |",

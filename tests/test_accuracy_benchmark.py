@@ -50,7 +50,7 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
         # A sweep of one setting of kd_ls, beside the benchmark's runs of the same recipe.
         ("sweep", benchmark_args(tmp_path, extra=[
             "--sweep=kd_ls:kd_kd_weight=3", f"--sweep_runs_dir={tmp_path / 'sweeps'}"]),
-         [docs / "b.md", run_flags]),
+         [docs / "b.md", run_flags, run_flags.parent / "results.json"]),
         ("accuracy", benchmark_args(tmp_path), [docs / "b.md"]),  # every run is reused
         # A benchmark spanning sessions: report what has finished, train nothing.
         ("accuracy", benchmark_args(tmp_path, extra=["--report_only", "--seeds=2"]),
@@ -80,6 +80,12 @@ def test_writes_results_figures_and_section_then_reuses_runs(tmp_path):
     assert "--kd_kd_weight=3.0" in sweep["files"][str(run_flags)]["text"]
     table = sweep["files"][str(docs / "b.md")]["text"]
     assert "| kd_ls | (config) |" in table and "| kd_ls | kd_kd_weight=3 |" in table
+    # "other terms" leaves out the weighted CE: LS's preset weight is 0.1, not 1.
+    metrics = json.loads(sweep["files"][str(run_flags.parent / "results.json")]["text"])
+    metrics = metrics["final_metrics"]
+    (swept,) = [line for line in table.splitlines() if line.startswith("| kd_ls | kd_kd_weight=3 |")]
+    other_terms = float(swept.strip(" |").split("|")[-1])
+    assert abs(other_terms - (metrics["loss"] - 0.1 * metrics["ce"])) < 2e-3, swept
     assert table.count("<!-- sweeps -->") == 1 and "| kd_ls |" in table.split("<!-- sweeps")[0]
 
     assert "accuracy: training" not in again["stdout"]
