@@ -90,19 +90,21 @@ def reference_run(pair, method, budget, teacher):
 
 def ce_weight(model_dir):
     """The weight of the label cross-entropy in the run of `model_dir`: its
-    method made from the run's flags, as `kerakd-train` made it (an unset
-    weight takes the method's preset, e.g. LS's 0.1)."""
+    method made from the run's flags as `kerakd-train` reads them
+    (`kerakd.flags.method_hparams`), so an unset weight takes the method's
+    preset (LS's 0.1)."""
     import kerakd.methods
+    from kerakd import run_directory
 
-    with open(os.path.join(model_dir, "results.json")) as file:
-        run_flags = json.load(file)["flags"]
-    name = run_flags["method"]
-    arguments = {k[len(name) + 1:]: v for k, v in run_flags.items()
-                 if k.startswith(f"{name}_") and v is not None}
-    try:
-        method = kerakd.methods.get(name, **arguments)
-    except (TypeError, ValueError):  # a composition or a renamed argument: not shown
-        return float("nan")
+    run_flags = kerakd_flags.parse(
+        ["kerakd-train", f"--flagfile={os.path.join(model_dir, run_directory.RUN_FLAGS)}"])
+    hparams = kerakd_flags.method_hparams(run_flags)
+    for name, values in hparams.items():
+        if "num_data" in kerakd_flags.method_arguments(name):
+            values.setdefault("num_data", 1)  # a memory bank's size weights no term
+    if len(hparams) == 1:
+        (hparams,) = hparams.values()
+    method = kerakd.methods.get(run_flags.method, **hparams)
     return float(method.term_weights.get("ce", 0.0))
 
 
